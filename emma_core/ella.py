@@ -1,0 +1,136 @@
+"""ELLA's Timestep-aware Semantic Connector (TSC), in the layout of the released SD1.5 checkpoint.
+
+Module and parameter names follow `ella-sd1.5-tsc-t5xl.safetensors` exactly so the file loads strictly.
+The resampler exposes an `after_block` hook: EMMA's gated branches run between its frozen blocks.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from einops import repeat
+from torch import nn
+
+from .timestep import sinusoid
+
+
+@dataclass(frozen=True)
+class ELLAConfig:
+    time_channels: int = 320
+    time_embed_dim: int = 768
+    width: int = 768
+    layers: int = 6
+    heads: int = 8
+    num_latents: int = 64
+    input_dim: int = 2048
+
+
+class TimestepEmbedding(nn.Module):
+    def __init__(self, in_channels: int, dim: int):
+        super().__init__()
+        self.linear_1 = nn.Linear(in_channels, dim)
+        self.linear_2 = nn.Linear(dim, dim)
+
+    def forward(self, sinusoid_features: torch.Tensor) -> torch.Tensor:
+        return self.linear_2(F.silu(self.linear_1(sinusoid_features)))
+
+
+class AdaLayerNorm(nn.Module):
+    """LayerNorm without affine, then shift and scale predicted from the time embedding (shift first)."""
+
+    def __init__(self, width: int, time_embed_dim: int):
+        super().__init__()
+        self.linear = nn.Linear(time_embed_dim, width * 2)
+        self.norm = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+
+    def forward(self, tokens: torch.Tensor, time_embedding: torch.Tensor) -> torch.Tensor:
+        shift, scale = self.linear(F.silu(time_embedding)).chunk(2, dim=-1)
+        return self.norm(tokens) * (1 + scale) + shift
+
+
+class SquaredReLUMLP(nn.Module):
+    def __init__(self, width: int, hidden: int):
+        super().__init__()
+        self.c_fc = nn.Linear(width, hidden)
+        self.c_proj = nn.Linear(hidden, width)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.c_proj(F.relu(self.c_fc(tokens)) ** 2)
+
+
+class PerceiverResamplerBlock(nn.Module):
+    """One PR block: latents attend to [latents; text], then a time-aware squared-ReLU MLP."""
+
+    def __init__(self, width: int, heads: int, time_embed_dim: int):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(width, heads, batch_first=True)
+        self.ln_1 = AdaLayerNorm(width, time_embed_dim)
+        self.ln_2 = AdaLayerNorm(width, time_embed_dim)
+        self.ln_ff = AdaLayerNorm(width, time_embed_dim)
+        self.mlp = SquaredReLUMLP(width, width * 4)
+
+    def forward(self, latents: torch.Tensor, text: torch.Tensor, time_embedding: torch.Tensor) -> torch.Tensor:
+        queries = self.ln_1(latents, time_embedding)
+        # No attention mask exists in the released model: every text token is attended to, which is
+        # why padded text changes the result and prompts are run on their true length.
+        keys_values = torch.cat([queries, self.ln_2(text, time_embedding)], dim=1)
+        latents = latents + self.attn(queries, keys_values, keys_values, need_weights=False)[0]
+        return latents + self.mlp(self.ln_ff(latents, time_embedding))
+
+
+AfterBlock = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
+"""after_block(block_index, latents, time_embedding) -> latents: where EMMA inserts its branches."""
+
+
+class PerceiverResampler(nn.Module):
+    def __init__(self, config: ELLAConfig):
+        super().__init__()
+        self.latents = nn.Parameter(torch.randn(config.num_latents, config.width) * config.width**-0.5)
+        self.time_aware_linear = nn.Linear(config.time_embed_dim, config.width)
+        self.proj_in = nn.Linear(config.input_dim, config.width)
+        self.perceiver_blocks = nn.ModuleList(
+            PerceiverResamplerBlock(config.width, config.heads, config.time_embed_dim) for _ in range(config.layers)
+        )
+
+    def forward(
+        self, text_features: torch.Tensor, time_embedding: torch.Tensor, after_block: Optional[AfterBlock] = None
+    ) -> torch.Tensor:
+        batch = max(text_features.shape[0], time_embedding.shape[0])
+        latents = repeat(self.latents, "n d -> b n d", b=batch)
+        latents = latents + self.time_aware_linear(F.silu(time_embedding))
+        text = self.proj_in(text_features)
+        for index, block in enumerate(self.perceiver_blocks):
+            latents = block(latents, text, time_embedding)
+            if after_block is not None:
+                latents = after_block(index, latents, time_embedding)
+        return latents
+
+
+class ELLA(nn.Module):
+    """T5 features [B, N, 2048] and DDPM timesteps -> SD1.5 cross-attention context [B, 64, 768]."""
+
+    def __init__(self, config: ELLAConfig = ELLAConfig()):
+        super().__init__()
+        self.config = config
+        self.time_embedding = TimestepEmbedding(config.time_channels, config.time_embed_dim)
+        self.connector = PerceiverResampler(config)
+
+    def embed_time(self, timesteps: torch.Tensor | float) -> torch.Tensor:
+        """One timestep, or one per row -> [B, 1, time_embed_dim] in the module's dtype."""
+        param = self.time_embedding.linear_1.weight
+        sinus = sinusoid(torch.as_tensor(timesteps, device=param.device), self.config.time_channels)
+        return self.time_embedding(sinus.to(param.dtype)).unsqueeze(1)
+
+    def forward(
+        self,
+        text_features: torch.Tensor,
+        timesteps: torch.Tensor | float,
+        after_block: Optional[AfterBlock] = None,
+    ) -> torch.Tensor:
+        time_embedding = self.embed_time(timesteps)
+        rows, steps = text_features.shape[0], time_embedding.shape[0]
+        if steps not in (1, rows) and rows != 1:
+            raise ValueError(f"ELLA got {rows} text rows but {steps} timesteps; give one timestep or one per row")
+        return self.connector(text_features, time_embedding, after_block)

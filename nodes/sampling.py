@@ -1,0 +1,48 @@
+"""The keyed CALC_COND_BATCH wrapper that evaluates ELLA/EMMA prompts at each model call's true timestep.
+
+It runs before ControlNet and the UNet read the conditioning, so both see the same per-step context,
+and it works for every sampler and scheduler because it converts the sigma of the call itself.
+"""
+from __future__ import annotations
+
+import comfy.conds
+import comfy.model_management
+import comfy.patcher_extension
+import torch
+
+WRAPPER_KEY = "emma.ella_context"
+PROMPT_KEY = "emma_prompt"  # the emma_core.prompt.ELLAPrompt of a conditioning entry
+CONNECTOR_KEY = "emma_connector"  # the nodes-side ELLA handle (its ModelPatcher) of that entry
+
+
+def _with_context(entry: dict, timesteps: torch.Tensor) -> dict:
+    prompt, handle = entry[PROMPT_KEY], entry[CONNECTOR_KEY]
+    connector = handle.patcher.model
+    device = next(connector.parameters()).device
+    if device != timesteps.device and timesteps.device.type != "cpu":
+        # Normally loaded with the UNet through "additional_models"; this covers graphs that dropped them.
+        comfy.model_management.load_models_gpu([handle.patcher])
+    context = prompt.context(connector, timesteps)
+    entry = entry.copy()
+    model_conds = entry["model_conds"].copy()
+    model_conds["c_crossattn"] = comfy.conds.CONDCrossAttn(context)
+    entry["model_conds"] = model_conds
+    return entry
+
+
+def ella_context_wrapper(executor, model, conds, x_in, timestep, model_options):
+    timesteps = model.model_sampling.timestep(timestep)
+    conds = [
+        None if group is None else [_with_context(c, timesteps) if PROMPT_KEY in c else c for c in group]
+        for group in conds
+    ]
+    return executor(model, conds, x_in, timestep, model_options)
+
+
+def apply_to_model(model):
+    """A clone of `model` that evaluates ELLA/EMMA prompts per call; the given model is untouched."""
+    patched = model.clone()
+    patched.remove_wrappers_with_key(comfy.patcher_extension.WrappersMP.CALC_COND_BATCH, WRAPPER_KEY)
+    patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.CALC_COND_BATCH, WRAPPER_KEY,
+                                 ella_context_wrapper)
+    return patched

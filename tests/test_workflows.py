@@ -1,0 +1,45 @@
+"""Every shipped workflow: converts from the UI format and runs to a saved image on the real host server."""
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from devtools.run_workflow import prepare
+from devtools.workflow_api import load_ui_workflow
+
+REPO = Path(__file__).resolve().parents[1]
+WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
+PACK_NODES = {"EMMALoadELLA", "EMMALoadT5", "EMMATextEncode", "EMMAApplyToModel"}
+
+
+def test_there_are_workflows():
+    assert {p.name for p in WORKFLOWS} >= {"ella_text_to_image.json", "ella_controlnet.json"}
+
+
+def test_pack_nodes_are_served(comfy_server):
+    info = comfy_server.object_info()
+    assert PACK_NODES <= set(info)
+    assert info["EMMATextEncode"]["output"] == ["CONDITIONING"]
+    assert info["EMMALoadELLA"]["category"].startswith("EMMA")
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
+def test_workflow_runs_to_a_saved_image(comfy_server, path):
+    ui = load_ui_workflow(path)
+    used_types = {n["type"] for n in ui["nodes"]}
+    assert used_types & PACK_NODES
+    prepared = prepare(path, comfy_server.object_info())
+    graph = prepared.graph
+    assert {n["class_type"] for n in graph.values()} == used_types - {"Note"}
+    assert prepared.standins_used  # no real weights on a test machine
+    sample = Path(comfy_server.input_dir) / "example.png"
+    if not sample.exists():
+        Image.new("RGB", (64, 64), (200, 30, 30)).save(sample)
+    history = comfy_server.run(graph, timeout=600)
+    images = comfy_server.output_images(history)
+    assert len(images) == 1 and images[0].exists()
+    with Image.open(images[0]) as im:
+        assert im.size == (64, 64)
+    json.dumps(graph)  # what was queued is plain JSON
