@@ -67,6 +67,9 @@ def config_from_state_dict(state_dict: dict[str, torch.Tensor]):
 
 
 def _read_folder(folder: str) -> tuple[dict[str, torch.Tensor], Optional[dict]]:
+    """Encoder tensors of an HF folder; decoder shards of a full seq2seq checkpoint are never read in."""
+    from safetensors import safe_open
+
     files = sorted(glob.glob(os.path.join(folder, "*.safetensors")))
     if not files:
         pickles = [os.path.basename(p) for p in glob.glob(os.path.join(folder, "*.bin"))]
@@ -74,7 +77,13 @@ def _read_folder(folder: str) -> tuple[dict[str, torch.Tensor], Optional[dict]]:
         raise WeightsFileError(f"{folder}: no .safetensors weights in this T5 folder{hint}")
     tensors: dict[str, torch.Tensor] = {}
     for path in files:
-        tensors.update(read_safetensors(path)[0])
+        try:
+            with safe_open(path, framework="pt") as f:
+                for key in f.keys():
+                    if key.startswith(("encoder.", "shared.")) or ".encoder.block." in key:
+                        tensors[key] = f.get_tensor(key)
+        except Exception as error:  # safetensors raises several types for a damaged file
+            raise WeightsFileError(f"{path} could not be read as .safetensors: {error}") from error
     config_path = os.path.join(folder, "config.json")
     config = json.load(open(config_path)) if os.path.isfile(config_path) else None
     return tensors, config

@@ -1,0 +1,213 @@
+"""An EMMA condition module: feature adapter + one AGPR block after each of ELLA's PR blocks, and its file.
+
+File: .safetensors, tensors named after this module's parameters ("adapter.*", "branch.<i>.*"), and
+string metadata (notes/emma.md, format version 1):
+
+    format          "emma-module"
+    format_version  "1"
+    modality        face | object | portrait | style | custom
+    feature_kind    face | clip_tokens | style
+    feature_dims    JSON {"hidden": [257, 1280], "embeds": [1024]}  (batch axis left out)
+    token_count     condition tokens the adapter gives, e.g. "4" or "258"
+    blocks          AGPR blocks, one after each PR block: "6"
+    gate_scale      lambda, e.g. "1.0" (the user's weight multiplies it)
+    ella_sha256     sha256 of the ELLA file the module was trained against ("" when unknown)
+    training_steps  optimizer steps the weights have seen
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+from torch import nn
+
+from .adapters import DEFAULT_DIMS, FEATURE_KINDS, FeatureAdapter, Features, make_adapter
+from .agpr import AGPRBlock
+from .ella import ELLAConfig
+from .state_dict import WeightsFileError, check_state_dict, expected_shapes, read_safetensors
+
+FORMAT_NAME = "emma-module"
+FORMAT_VERSION = 1
+MODALITIES = ("face", "object", "portrait", "style", "custom")
+MODALITY_KINDS = {"face": "face", "object": "clip_tokens", "portrait": "clip_tokens", "style": "style"}
+DEFAULT_TOKENS = {"face": 4, "style": 4}
+# The branch lives inside ELLA's connector, so its widths are ELLA's (v1: SD1.5 connector only).
+_ELLA = ELLAConfig()
+
+
+@dataclass(frozen=True)
+class EMMAConfig:
+    """Unset fields take the modality's defaults (custom modules must name their feature kind)."""
+
+    modality: str
+    feature_kind: Optional[str] = None
+    feature_dims: Optional[dict] = None
+    num_tokens: Optional[int] = None
+    blocks: int = _ELLA.layers
+    gate_scale: float = 1.0
+
+    def __post_init__(self):
+        if self.modality not in MODALITIES:
+            raise ValueError(f"unknown EMMA modality {self.modality!r}; known: {', '.join(MODALITIES)}")
+        kind = self.feature_kind or MODALITY_KINDS.get(self.modality)
+        if kind not in FEATURE_KINDS:
+            raise ValueError(f"EMMA modality {self.modality!r} needs a feature kind, one of {FEATURE_KINDS}; "
+                             f"got {self.feature_kind!r}")
+        dims = {k: tuple(v) for k, v in (self.feature_dims or DEFAULT_DIMS[kind]).items()}
+        tokens = self.num_tokens
+        if tokens is None:
+            tokens = DEFAULT_TOKENS.get(kind) or dims["hidden"][0] + 1
+        if self.blocks != _ELLA.layers:  # stored so a later format can differ; v1 has no other layout
+            raise ValueError(f"a v1 EMMA module has one AGPR block after each of ELLA's {_ELLA.layers} "
+                             f"PR blocks; got blocks={self.blocks}")
+        object.__setattr__(self, "feature_kind", kind)
+        object.__setattr__(self, "feature_dims", dims)
+        object.__setattr__(self, "num_tokens", int(tokens))
+        object.__setattr__(self, "gate_scale", float(self.gate_scale))
+
+
+class EMMAModule(nn.Module):
+    """Condition features -> tokens (adapter, once per call); `branch[i]` runs after ELLA's PR block i."""
+
+    def __init__(self, config: EMMAConfig, ella_sha256: str = "", training_steps: int = 0):
+        super().__init__()
+        self.config = config
+        self.adapter: FeatureAdapter = make_adapter(
+            config.feature_kind, config.feature_dims, _ELLA.width, config.num_tokens)
+        self.branch = nn.ModuleList(
+            AGPRBlock(_ELLA.width, _ELLA.heads, _ELLA.time_embed_dim) for _ in range(config.blocks))
+        # Provenance, written to the file: which ELLA the branch was trained against, and for how long.
+        self.ella_sha256 = ella_sha256
+        self.training_steps = training_steps
+
+    def condition_tokens(self, features: Features) -> torch.Tensor:
+        return self.adapter(features)
+
+    def metadata(self) -> dict[str, str]:
+        c = self.config
+        return {
+            "format": FORMAT_NAME,
+            "format_version": str(FORMAT_VERSION),
+            "modality": c.modality,
+            "feature_kind": c.feature_kind,
+            "feature_dims": json.dumps({k: list(v) for k, v in c.feature_dims.items()}),
+            "token_count": str(c.num_tokens),
+            "blocks": str(c.blocks),
+            "gate_scale": repr(c.gate_scale),
+            "ella_sha256": self.ella_sha256 or "",
+            "training_steps": str(int(self.training_steps)),
+        }
+
+    def extra_repr(self) -> str:
+        c = self.config
+        return (f"modality={c.modality}, feature_kind={c.feature_kind}, tokens={c.num_tokens}, "
+                f"blocks={c.blocks}, gate_scale={c.gate_scale}")
+
+
+# ---- file ------------------------------------------------------------------------------------------
+
+def _write(handle, data: bytes) -> None:
+    """The one place bytes reach the disk (tests replace it to simulate a crash mid-write)."""
+    handle.write(data)
+
+
+def save_module(module: EMMAModule, path: str, dtype: Optional[torch.dtype] = None) -> None:
+    """Write `path` atomically: a crash leaves either the old file or the new one, never a torn file."""
+    from safetensors.torch import save
+
+    tensors = {k: (v.to(dtype) if dtype is not None else v).detach().contiguous().cpu()
+               for k, v in module.state_dict().items()}
+    data = save(tensors, metadata=module.metadata())
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            _write(handle, data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)  # atomic on POSIX and Windows when both names are on one volume
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    try:  # make the rename itself durable; not possible (nor needed) on every platform
+        dir_fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
+
+
+_REQUIRED = ("modality", "feature_kind", "feature_dims", "token_count", "blocks", "gate_scale")
+
+
+def config_from_metadata(metadata: dict[str, str], source: str = "metadata") -> EMMAConfig:
+    name = os.path.basename(source)
+    missing = [key for key in _REQUIRED if key not in metadata]
+    if missing:
+        raise WeightsFileError(f"{name} is an EMMA module file without the metadata {missing}")
+    try:
+        dims = json.loads(metadata["feature_dims"])
+        return EMMAConfig(
+            modality=metadata["modality"],
+            feature_kind=metadata["feature_kind"],
+            feature_dims={k: tuple(int(d) for d in v) for k, v in dims.items()},
+            num_tokens=int(metadata["token_count"]),
+            blocks=int(metadata["blocks"]),
+            gate_scale=float(metadata["gate_scale"]),
+        )
+    except (ValueError, TypeError, AttributeError) as error:
+        raise WeightsFileError(f"{name} has invalid EMMA metadata: {error}") from error
+
+
+def module_from_state_dict(
+    state_dict: dict[str, torch.Tensor], metadata: dict[str, str], source: str = "state dict",
+    dtype: torch.dtype = torch.float32,
+) -> EMMAModule:
+    name = os.path.basename(source)
+    kind = metadata.get("format")
+    if kind is None:
+        if any(key.startswith(("connector.", "time_embedding.")) for key in state_dict):
+            raise WeightsFileError(f"{name}: this is an ELLA connector, load it with Load ELLA Connector "
+                                   "(the EMMA module loader takes EMMA condition modules)")
+        raise WeightsFileError(f"{name} has no EMMA metadata (format={FORMAT_NAME!r} expected): "
+                               "not an EMMA module file")
+    if kind != FORMAT_NAME:
+        raise WeightsFileError(f"{name} is a {kind!r} file, not an EMMA module (format={FORMAT_NAME!r})")
+    version = metadata.get("format_version", "")
+    if version != str(FORMAT_VERSION):
+        raise WeightsFileError(f"{name} has EMMA module format version {version!r}; this version of "
+                               f"ComfyUI-EMMA reads version {FORMAT_VERSION} (update the pack for newer files)")
+    config = config_from_metadata(metadata, source)
+    sha = metadata.get("ella_sha256", "")
+    if sha and not re.fullmatch(r"[0-9a-f]{64}", sha):
+        raise WeightsFileError(f"{name} has an invalid ella_sha256 {sha!r}")
+    try:
+        steps = int(metadata.get("training_steps", "0") or 0)
+    except ValueError as error:
+        raise WeightsFileError(f"{name} has invalid training_steps: {error}") from error
+    try:
+        with torch.device("meta"):
+            module = EMMAModule(config, sha, steps)
+    except ValueError as error:  # dims or token count that no adapter can take
+        raise WeightsFileError(f"{name} has invalid EMMA metadata: {error}") from error
+    check_state_dict(state_dict, expected_shapes(module),
+                     f"EMMA {config.modality} module ({config.feature_kind} features)", source)
+    module.load_state_dict(state_dict, strict=True, assign=True)
+    return module.to(dtype=dtype).eval().requires_grad_(False)
+
+
+def load_module(path: str, dtype: torch.dtype = torch.float32) -> EMMAModule:
+    if not os.path.isfile(path):
+        raise WeightsFileError(f"EMMA module file not found: {path}")
+    state_dict, metadata = read_safetensors(path)
+    return module_from_state_dict(state_dict, metadata, path, dtype)

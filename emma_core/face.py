@@ -1,0 +1,564 @@
+"""Face features for EMMA's face modules: insightface ArcFace 512-d normed embeddings (antelopev2 / buffalo_l).
+
+    from emma_core.face import FaceAnalyzer, embed_faces, aligned_crop, save_face_features
+
+    analyzer = FaceAnalyzer(root="models/insightface", name="antelopev2")     # checks the folder first
+    face = analyzer.analyze(rgb_uint8)                  # largest face; index=i picks left-to-right
+    ref = embed_faces([img1, img2], analyzer)           # mean of normed embeddings, re-normalised
+    crop = aligned_crop(rgb_uint8, face, size=224)      # ArcFace-aligned crop for portrait features
+    save_face_features("me.safetensors", ref, {"name": "me"})
+
+What this module guarantees (notes/users.md, complaints 1-4):
+- The pack folder is checked before insightface runs: missing root, missing pack (with the packs that do
+  exist), the antelopev2 "unzipped one level too deep" layout, an empty folder and a pack without a
+  detector or recognizer are each a FaceError that names the folder and the fix. insightface is handed the
+  absolute pack folder, so it never tries to download and never raises its bare AssertionError.
+- onnxruntime providers are always explicit; CUDA is used only when a probe session really runs on it.
+- Feature files are .safetensors with metadata format=emma-face-features (never pickle), written atomically.
+
+No ComfyUI imports; numpy + insightface (+ onnxruntime, onnx, opencv, which insightface depends on).
+torch is imported only where a torch tensor is handed in or asked for.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+import threading
+import warnings
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+EMBED_DIM = 512
+DEFAULT_DET_SIZE = (640, 640)
+DEFAULT_DET_THRESH = 0.5
+FEATURES_FORMAT = "emma-face-features"
+FEATURES_VERSION = 1
+FEATURE_KIND = "insightface-arcface-normed"
+
+# The released packs (models are routed by ONNX shape, so only the detector + recognizer matter to us).
+KNOWN_PACKS = {
+    "antelopev2": {"detector": "scrfd_10g_bnkps.onnx", "recognizer": "glintr100.onnx",
+                   "files": ("1k3d68.onnx", "2d106det.onnx", "genderage.onnx", "glintr100.onnx",
+                             "scrfd_10g_bnkps.onnx")},
+    "buffalo_l": {"detector": "det_10g.onnx", "recognizer": "w600k_r50.onnx",
+                  "files": ("1k3d68.onnx", "2d106det.onnx", "det_10g.onnx", "genderage.onnx",
+                            "w600k_r50.onnx")},
+}
+
+
+class FaceError(ValueError):
+    """A face-feature problem the user can fix: model folder layout, no face found, bad feature file."""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# model folder
+
+
+def _onnx_files(folder: Path) -> list[Path]:
+    try:
+        return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() == ".onnx")
+    except OSError:
+        return []
+
+
+def _expected_files(name: str) -> str:
+    pack = KNOWN_PACKS.get(name)
+    if pack is None:
+        return "the pack's .onnx files (a face detector and an ArcFace recognizer)"
+    return ", ".join(pack["files"])
+
+
+def _existing_packs(models_dir: Path) -> list[str]:
+    if not models_dir.is_dir():
+        return []
+    found = []
+    for sub in sorted(p for p in models_dir.iterdir() if p.is_dir()):
+        if _onnx_files(sub):
+            found.append(sub.name)
+        elif any(_onnx_files(inner) for inner in sub.iterdir() if inner.is_dir()):
+            found.append(f"{sub.name} (nested one folder too deep)")
+    return found
+
+
+def check_pack(root: str | os.PathLike, name: str) -> Path:
+    """The pack folder `<root>/models/<name>/` with .onnx files directly inside, or a FaceError saying why not.
+
+    insightface's FaceAnalysis(name=, root=) reads exactly that folder (and downloads it when missing, which
+    fails offline with a ConnectionError, or raises a bare AssertionError when the folder is empty/nested).
+    """
+    if not name or any(sep in str(name) for sep in ("/", "\\")) or name in (".", ".."):
+        raise FaceError(f"invalid face model pack name {name!r}: use a folder name such as 'antelopev2' or "
+                        "'buffalo_l'")
+    root = Path(os.path.expanduser(str(root)))
+    models_dir = root / "models"
+    pack = models_dir / name
+    how = (f"download the {name} pack and unzip it so that the .onnx files ({_expected_files(name)}) lie "
+           f"directly in {pack}{os.sep}")
+    if not root.is_dir():
+        raise FaceError(f"insightface model folder {root} does not exist: create it, then {how}")
+    if not pack.is_dir():
+        zipped = [p for p in (models_dir / f"{name}.zip", root / f"{name}.zip") if p.is_file()]
+        if zipped:
+            raise FaceError(f"face model pack {name!r} is still zipped ({zipped[0]}): unzip it so that the "
+                            f".onnx files lie directly in {pack}{os.sep}")
+        loose = _onnx_files(models_dir) + _onnx_files(root)
+        existing = _existing_packs(models_dir)
+        msg = f"face model pack {name!r} not found: no folder {pack}. "
+        if existing:
+            msg += f"Packs found in {models_dir}: {', '.join(existing)}. "
+        else:
+            msg += f"No packs found in {models_dir}. "
+        if loose:
+            msg += (f"Loose .onnx files ({', '.join(p.name for p in loose[:6])}) lie in {loose[0].parent}: "
+                    f"move them into {pack}{os.sep}. ")
+        raise FaceError(msg + f"To fix: {how}.")
+    files = _onnx_files(pack)
+    if files:
+        return pack
+    # Nothing directly inside: the usual cause is an unzip that created <name>/<name>/.
+    nested = []
+    try:
+        subs = sorted(p for p in pack.iterdir() if p.is_dir())
+    except OSError:
+        subs = []
+    for sub in subs:
+        if _onnx_files(sub):
+            nested.append(sub)
+        else:
+            nested += [inner for inner in sorted(sub.iterdir()) if inner.is_dir() and _onnx_files(inner)]
+    if nested:
+        src = next((p for p in nested if p.name == name), nested[0])
+        moved = ", ".join(p.name for p in _onnx_files(src))
+        raise FaceError(f"face model pack {name!r} is nested one folder too deep: the .onnx files are in "
+                        f"{src}{os.sep} but insightface reads {pack}{os.sep}. Move {moved} from {src}{os.sep} "
+                        f"to {pack}{os.sep} (then delete the empty {src.name} folder).")
+    zipped = sorted(pack.glob("*.zip"))
+    if zipped:
+        raise FaceError(f"face model folder {pack} holds {zipped[0].name} but no .onnx files: unzip it so that "
+                        f"the .onnx files lie directly in {pack}{os.sep}")
+    raise FaceError(f"face model folder {pack} has no .onnx files (it is empty or holds only other files): {how}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# onnxruntime providers
+
+_CPU = "CPUExecutionProvider"
+_CUDA = "CUDAExecutionProvider"
+
+
+@lru_cache(maxsize=1)
+def _cuda_probe() -> tuple[bool, str]:
+    """(True, "") when a tiny session really runs on CUDA, else (False, the reason). Cached per process."""
+    try:
+        import onnxruntime as ort
+    except Exception as error:  # noqa: BLE001 - any import failure means "no CUDA" here
+        return False, f"onnxruntime cannot be imported ({error})"
+    available = list(ort.get_available_providers())
+    if _CUDA not in available:
+        return False, (f"this onnxruntime build offers {available} (the CPU package 'onnxruntime'; for the GPU "
+                       "install 'onnxruntime-gpu' INSTEAD of it - never both)")
+    try:
+        from onnx import TensorProto, helper
+
+        graph = helper.make_graph(
+            [helper.make_node("Add", ["x", "x"], ["y"])], "probe",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+        model.ir_version = 8
+        preload = getattr(ort, "preload_dlls", None)  # finds pip-installed CUDA/cuDNN (ORT >= 1.21)
+        if callable(preload):
+            with contextlib.suppress(Exception):
+                preload()
+        session = ort.InferenceSession(model.SerializeToString(), providers=[_CUDA, _CPU])
+        if _CUDA not in session.get_providers():
+            return False, ("onnxruntime lists CUDAExecutionProvider but could not start it (CUDA/cuDNN "
+                           "libraries missing or of the wrong version for this onnxruntime-gpu)")
+        out = session.run(None, {"x": np.ones((1, 4), np.float32)})[0]
+        if not np.allclose(out, 2.0):
+            return False, "a CUDA probe session returned wrong values"
+    except Exception as error:  # noqa: BLE001 - any failure means fall back to CPU
+        return False, f"a CUDA probe session failed: {type(error).__name__}: {error}"
+    return True, ""
+
+
+def choose_providers(preferred: str = "auto") -> list[str]:
+    """Explicit onnxruntime providers: ["CUDAExecutionProvider", "CPUExecutionProvider"] only when CUDA really
+    runs, else ["CPUExecutionProvider"]. preferred: "auto", "cuda" or "cpu"."""
+    choice = str(preferred).strip().lower()
+    if choice not in ("auto", "cuda", "cpu"):
+        raise FaceError(f"unknown onnxruntime provider choice {preferred!r}: use 'auto', 'cuda' or 'cpu'")
+    if choice == "cpu":
+        return [_CPU]
+    ok, reason = _cuda_probe()
+    if ok:
+        return [_CUDA, _CPU]
+    if choice == "cuda" or "could not start" in reason or "probe" in reason:
+        log.warning("face analysis runs on the CPU: %s", reason)
+    else:
+        log.info("face analysis runs on the CPU: %s", reason)
+    return [_CPU]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# results
+
+
+@dataclass(frozen=True, eq=False)
+class Face:
+    """One detected face, in the analysed image's pixel coordinates."""
+
+    bbox: np.ndarray       # (4,) float32 x1, y1, x2, y2
+    kps: np.ndarray        # (5, 2) float32: eyes, nose, mouth corners
+    det_score: float
+    embedding: np.ndarray  # (512,) float32, L2-normalised (insightface's normed_embedding)
+
+    @property
+    def area(self) -> float:
+        return float(max(0.0, self.bbox[2] - self.bbox[0]) * max(0.0, self.bbox[3] - self.bbox[1]))
+
+    @property
+    def center_x(self) -> float:
+        return float(self.bbox[0] + self.bbox[2]) / 2.0
+
+
+@dataclass(eq=False)
+class FaceEmbedding:
+    """Identity features of one or more reference images: `embedding` = normalised mean of `embeddings`."""
+
+    embedding: np.ndarray                  # (512,) float32, unit norm
+    count: int                             # number of reference faces averaged
+    embeddings: np.ndarray | None = None   # (count, 512) float32 unit rows, when known
+    faces: tuple = ()                      # the Face objects, when computed here (not stored in files)
+    meta: dict = field(default_factory=dict)
+
+    def as_tensors(self) -> dict:
+        """{"embedding": torch float32 [1, 512]}: the "face" feature kind emma_core.adapters expects."""
+        import torch
+
+        return {"embedding": torch.from_numpy(np.array(self.embedding, dtype=np.float32))[None]}
+
+
+def _normalise(vec: np.ndarray, what: str) -> np.ndarray:
+    vec = np.asarray(vec, dtype=np.float32).reshape(-1)
+    if vec.shape[0] != EMBED_DIM:
+        raise FaceError(f"{what} has {vec.shape[0]} values, expected a {EMBED_DIM}-d ArcFace embedding")
+    if not np.all(np.isfinite(vec)):
+        raise FaceError(f"{what} contains NaN or infinite values")
+    norm = float(np.linalg.norm(vec))
+    if norm < 1e-12:
+        raise FaceError(f"{what} is all zeros")
+    return (vec / norm).astype(np.float32)
+
+
+def average_embeddings(embeddings: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
+    """Mean of the L2-normalised rows, re-normalised (the usual way to combine ArcFace references)."""
+    rows = np.asarray(embeddings, dtype=np.float32)
+    if rows.ndim == 1:
+        rows = rows[None]
+    if rows.ndim != 2 or rows.shape[0] == 0:
+        raise FaceError(f"expected one or more {EMBED_DIM}-d embeddings, got shape {list(rows.shape)}")
+    normed = np.stack([_normalise(r, f"embedding {i + 1}") for i, r in enumerate(rows)])
+    mean = normed.mean(axis=0)
+    if float(np.linalg.norm(mean)) < 1e-6:
+        raise FaceError("the reference embeddings cancel out (opposite directions); use other reference images")
+    return _normalise(mean, "mean embedding")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# images
+
+
+def to_uint8_rgb(image: Any, label: str = "image") -> np.ndarray:
+    """HxWx3 uint8 RGB from a numpy array or torch tensor: uint8, or float in [0, 1] (ComfyUI IMAGE);
+    [1, H, W, C] batches of one, grey and RGBA are accepted."""
+    if hasattr(image, "detach"):  # torch tensor
+        image = image.detach().cpu().float().numpy()
+    arr = np.asarray(image)
+    if arr.ndim == 4:
+        if arr.shape[0] != 1:
+            raise FaceError(f"{label}: expected one image, got a batch of {arr.shape[0]}; pass them one at a time")
+        arr = arr[0]
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    if arr.ndim != 3 or arr.shape[2] not in (1, 3, 4) or arr.shape[0] < 1 or arr.shape[1] < 1:
+        raise FaceError(f"{label}: expected an H x W x 3 RGB image, got shape {list(arr.shape)}")
+    if arr.shape[2] == 1:
+        arr = np.repeat(arr, 3, axis=2)
+    elif arr.shape[2] == 4:
+        arr = arr[:, :, :3]
+    if arr.dtype != np.uint8:
+        if not np.issubdtype(arr.dtype, np.floating):
+            raise FaceError(f"{label}: expected uint8 or float pixels in [0, 1], got {arr.dtype}")
+        arr = np.clip(np.nan_to_num(arr.astype(np.float32)), 0.0, 1.0) * 255.0
+        arr = np.rint(arr).astype(np.uint8)
+    return np.ascontiguousarray(arr)
+
+
+@contextlib.contextmanager
+def _quiet_insightface():
+    # insightface 2.1's face_align calls SimilarityTransform.estimate, deprecated in scikit-image 0.26:
+    # one FutureWarning per face otherwise.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning, message=".*estimate.*")
+        yield
+
+
+def aligned_crop(image: Any, face: Face, size: int = 224) -> np.ndarray:
+    """size x size RGB uint8 crop aligned to ArcFace's 5-point template (insightface's norm_crop)."""
+    if size <= 0 or (size % 112 and size % 128):
+        raise FaceError(f"aligned crop size must be a multiple of 112 or 128 (e.g. 112, 224, 256), got {size}")
+    from insightface.utils import face_align
+
+    rgb = to_uint8_rgb(image)
+    kps = np.asarray(face.kps, dtype=np.float32).reshape(5, 2)
+    with _quiet_insightface():
+        return np.ascontiguousarray(face_align.norm_crop(rgb, landmark=kps, image_size=int(size)))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# analysis
+
+
+class FaceAnalyzer:
+    """insightface FaceAnalysis (detection + recognition only) on a checked pack folder."""
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        name: str = "antelopev2",
+        providers: str | Sequence[str] = "auto",
+        det_size: int | tuple[int, int] = DEFAULT_DET_SIZE,
+        det_thresh: float = DEFAULT_DET_THRESH,
+    ):
+        self.pack_dir = check_pack(root, name)
+        self.root = self.pack_dir.parent.parent
+        self.name = name
+        self.providers = choose_providers(providers) if isinstance(providers, str) else list(providers)
+        if isinstance(det_size, int):
+            det_size = (det_size, det_size)
+        det_size = tuple(int(v) for v in det_size)
+        if len(det_size) != 2 or min(det_size) < 32 or any(v % 32 for v in det_size):
+            raise FaceError(f"det_size must be two multiples of 32 (e.g. 640, 640), got {det_size}")
+        if not 0.0 < float(det_thresh) < 1.0:
+            raise FaceError(f"det_thresh must be between 0 and 1, got {det_thresh}")
+        self.det_size = det_size
+        self.det_thresh = float(det_thresh)
+        self._lock = threading.Lock()
+
+        from insightface.app import FaceAnalysis
+
+        files = ", ".join(p.name for p in _onnx_files(self.pack_dir))
+        try:
+            # name = the absolute pack folder: insightface reads it as is (no root lookup, no download).
+            app = FaceAnalysis(name=str(self.pack_dir), root=str(self.root), providers=self.providers,
+                               allowed_modules=["detection", "recognition"])
+        except AssertionError as error:  # insightface's "detection" in self.models
+            det = KNOWN_PACKS.get(name, {}).get("detector", "a SCRFD detector .onnx")
+            raise FaceError(f"face model folder {self.pack_dir} has no face detector insightface can use "
+                            f"(files: {files}); it needs {det} from the {name} pack: re-download and unzip "
+                            f"the whole pack into {self.pack_dir}{os.sep}") from error
+        except Exception as error:  # noqa: BLE001 - corrupt/truncated files, wrong onnxruntime, ...
+            raise FaceError(f"insightface could not load the face models in {self.pack_dir} (files: {files}): "
+                            f"{type(error).__name__}: {error}. A truncated download or a Git LFS pointer file "
+                            f"gives this: re-download the {name} pack and unzip it into {self.pack_dir}{os.sep}"
+                            ) from error
+        if "recognition" not in app.models:
+            rec = KNOWN_PACKS.get(name, {}).get("recognizer", "an ArcFace recognition .onnx (112x112 input)")
+            raise FaceError(f"face model folder {self.pack_dir} has no face recognition model (files: {files}); "
+                            f"it needs {rec} from the {name} pack: re-download and unzip the whole pack into "
+                            f"{self.pack_dir}{os.sep}")
+        ctx_id = 0 if _CUDA in self.providers else -1
+        app.prepare(ctx_id=ctx_id, det_thresh=self.det_thresh, det_size=self.det_size)
+        self.app = app
+
+    def __repr__(self) -> str:
+        return (f"FaceAnalyzer({str(self.pack_dir)!r}, providers={self.providers}, det_size={self.det_size}, "
+                f"det_thresh={self.det_thresh})")
+
+    def faces(self, image: Any, label: str = "image 1") -> list[Face]:
+        """Every face found, left to right (by box centre)."""
+        rgb = to_uint8_rgb(image, label)
+        bgr = np.ascontiguousarray(rgb[:, :, ::-1])  # insightface takes OpenCV's BGR
+        with self._lock, _quiet_insightface():
+            found = self.app.get(bgr)
+        faces = []
+        for f in found:
+            if getattr(f, "embedding", None) is None:
+                continue
+            faces.append(Face(
+                bbox=np.asarray(f.bbox, dtype=np.float32).reshape(4).copy(),
+                kps=np.asarray(f.kps, dtype=np.float32).reshape(5, 2).copy(),
+                det_score=float(f.det_score),
+                embedding=_normalise(f.embedding, f"face embedding in {label}"),
+            ))
+        return sorted(faces, key=lambda face: face.center_x)
+
+    def analyze(self, image: Any, index: int | None = None, label: str = "image 1") -> Face:
+        """The largest face (by box area), or with `index` the index-th face from the left (0-based)."""
+        faces = self.faces(image, label)
+        if not faces:
+            raise FaceError(f"no face found in {label}; use a clearer, frontal photo or lower det_thresh "
+                            f"(now {self.det_thresh})")
+        if index is None:
+            return max(faces, key=lambda face: face.area)
+        index = int(index)
+        if not 0 <= index < len(faces):
+            raise FaceError(f"face index {index} is out of range for {label}: {len(faces)} face"
+                            f"{'s' if len(faces) != 1 else ''} found (indices 0 to {len(faces) - 1}, left to "
+                            "right)")
+        return faces[index]
+
+    def embed_faces(self, images: Sequence[Any], index: int | Sequence[int | None] | None = None) -> FaceEmbedding:
+        return embed_faces(images, self, index=index)
+
+
+def embed_faces(
+    images: Sequence[Any],
+    analyzer: FaceAnalyzer,
+    index: int | Sequence[int | None] | None = None,
+) -> FaceEmbedding:
+    """One face per reference image (largest, or `index`: one int for all or one per image), averaged."""
+    if hasattr(images, "shape") and len(getattr(images, "shape")) == 4:  # a batch array/tensor
+        images = [images[i] for i in range(images.shape[0])]
+    images = list(images)
+    if not images:
+        raise FaceError("no reference images given")
+    n = len(images)
+    indices = list(index) if isinstance(index, (list, tuple)) else [index] * n
+    if len(indices) != n:
+        raise FaceError(f"{len(indices)} face indices given for {n} images")
+    faces = [analyzer.analyze(img, idx, label=f"image {i + 1} of {n}")
+             for i, (img, idx) in enumerate(zip(images, indices))]
+    rows = np.stack([f.embedding for f in faces]).astype(np.float32)
+    return FaceEmbedding(embedding=average_embeddings(rows), count=n, embeddings=rows, faces=tuple(faces),
+                         meta={"pack": analyzer.name})
+
+
+_ANALYZERS: dict = {}
+_ANALYZERS_LOCK = threading.Lock()
+
+
+def cached_analyzer(root, name="antelopev2", providers="auto", det_size=DEFAULT_DET_SIZE,
+                    det_thresh=DEFAULT_DET_THRESH) -> FaceAnalyzer:
+    """A FaceAnalyzer shared per (pack folder, providers, det_size, det_thresh); loading one costs seconds."""
+    provs = tuple(choose_providers(providers) if isinstance(providers, str) else providers)
+    size = (det_size, det_size) if isinstance(det_size, int) else tuple(det_size)
+    key = (str(Path(os.path.expanduser(str(root))).resolve()), name, provs, size, float(det_thresh))
+    with _ANALYZERS_LOCK:
+        analyzer = _ANALYZERS.get(key)
+    if analyzer is None or not analyzer.pack_dir.is_dir():
+        analyzer = FaceAnalyzer(root, name, list(provs), size, det_thresh)
+        with _ANALYZERS_LOCK:
+            _ANALYZERS[key] = analyzer
+    return analyzer
+
+
+# ---------------------------------------------------------------------------------------------------------
+# feature files
+
+_RESERVED_META = ("format", "format_version", "feature_kind", "dim", "count")
+
+
+def save_face_features(path: str | os.PathLike, emb: FaceEmbedding | np.ndarray | Any,
+                       meta: Mapping[str, Any] | None = None) -> Path:
+    """Write a .safetensors file: tensors "embedding" [512] and "embeddings" [count, 512], float32; metadata
+    format=emma-face-features, format_version, feature_kind, dim, count plus `meta` (as strings). Atomic."""
+    from safetensors.numpy import save_file
+
+    path = Path(path)
+    if path.suffix.lower() != ".safetensors":
+        raise FaceError(f"{path.name}: face features are saved as .safetensors; use a name ending in .safetensors")
+    if isinstance(emb, FaceEmbedding):
+        rows = emb.embeddings if emb.embeddings is not None else emb.embedding[None]
+        embedding = _normalise(emb.embedding, "embedding")
+        extra = dict(emb.meta)
+    else:
+        if hasattr(emb, "detach"):
+            emb = emb.detach().cpu().float().numpy()
+        rows = np.asarray(emb, dtype=np.float32)
+        rows = rows[None] if rows.ndim == 1 else rows
+        embedding = average_embeddings(rows)
+        extra = {}
+    rows = np.stack([_normalise(r, f"embedding {i + 1}") for i, r in enumerate(np.asarray(rows))])
+    reserved = sorted(k for k in (meta or {}) if k in _RESERVED_META)
+    if reserved:
+        raise FaceError(f"metadata keys {reserved} are reserved by the face-features format")
+    extra.update(meta or {})
+    metadata = {str(k): str(v) for k, v in extra.items() if k not in _RESERVED_META}
+    metadata.update({
+        "format": FEATURES_FORMAT,
+        "format_version": str(FEATURES_VERSION),
+        "feature_kind": FEATURE_KIND,
+        "dim": str(EMBED_DIM),
+        "count": str(int(rows.shape[0])),
+    })
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file({"embedding": embedding, "embeddings": rows.astype(np.float32)}, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def load_face_features(path: str | os.PathLike) -> FaceEmbedding:
+    """Read a file written by save_face_features; anything else is a FaceError saying what it is."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FaceError(f"face features file not found: {path}")
+    if path.suffix.lower() != ".safetensors":
+        raise FaceError(f"{path.name}: only .safetensors face-feature files are loaded (pickled files can run "
+                        "code when opened)")
+    try:
+        with safe_open(str(path), framework="np") as f:
+            metadata = dict(f.metadata() or {})
+            tensors = {key: f.get_tensor(key) for key in f.keys()}
+    except (SafetensorError, OSError, ValueError) as error:
+        raise FaceError(f"{path.name} could not be read as .safetensors (truncated or corrupt file?): {error}"
+                        ) from error
+    kind = metadata.get("format")
+    if kind != FEATURES_FORMAT:
+        what = f"metadata format={kind!r}" if kind else "no 'format' metadata"
+        hint = ""
+        if kind and kind.startswith("emma"):
+            hint = " It looks like an EMMA module: load it with the EMMA module loader."
+        elif not kind and tensors:
+            hint = " It looks like a model weights file."
+        raise FaceError(f"{path.name} is not an EMMA face-features file ({what}; expected "
+                        f"format={FEATURES_FORMAT!r}).{hint}")
+    try:
+        version = int(metadata.get("format_version", "0"))
+    except ValueError:
+        version = -1
+    if version < 1 or version > FEATURES_VERSION:
+        raise FaceError(f"{path.name}: face-features format_version {metadata.get('format_version')!r} is not "
+                        f"supported (this version reads 1 to {FEATURES_VERSION}); update ComfyUI-EMMA")
+    if "embedding" not in tensors:
+        raise FaceError(f"{path.name} has no 'embedding' tensor (found {sorted(tensors)}): the file is damaged")
+    embedding = _normalise(tensors["embedding"], f"{path.name}: 'embedding'")
+    rows = tensors.get("embeddings")
+    if rows is not None:
+        rows = np.asarray(rows, dtype=np.float32)
+        if rows.ndim != 2 or rows.shape[1] != EMBED_DIM or rows.shape[0] < 1:
+            raise FaceError(f"{path.name}: 'embeddings' has shape {list(rows.shape)}, expected [count, {EMBED_DIM}]")
+    try:
+        count = int(metadata.get("count", rows.shape[0] if rows is not None else 1))
+    except ValueError:
+        count = rows.shape[0] if rows is not None else 1
+    meta = {k: v for k, v in metadata.items() if k not in _RESERVED_META}
+    return FaceEmbedding(embedding=embedding, count=count, embeddings=rows, meta=meta)
