@@ -36,7 +36,27 @@ OUTPUTS = {
     "ControlNetLoader": [("CONTROL_NET", "CONTROL_NET")],
     "ControlNetApplyAdvanced": [("positive", "CONDITIONING"), ("negative", "CONDITIONING")],
     "Note": [],
+    "EMMALoadModule": [("EMMA_MODULE", "EMMA_MODULE")],
+    "EMMAFaceFeatures": [("FEATURES", "EMMA_FEATURES"), ("aligned_face", "IMAGE")],
+    "EMMAImageFeatures": [("FEATURES", "EMMA_FEATURES")],
+    "EMMACondition": [("CONDITIONS", "EMMA_CONDITIONS")],
+    "EMMAAssemble": [("positive", "CONDITIONING"), ("negative", "CONDITIONING")],
+    "EMMASaveFeatures": [("FEATURES", "EMMA_FEATURES")],
+    "CLIPVisionLoader": [("CLIP_VISION", "CLIP_VISION")],
+    "ConditioningSetMask": [("CONDITIONING", "CONDITIONING")],
+    "ConditioningCombine": [("CONDITIONING", "CONDITIONING")],
+    "SolidMask": [("MASK", "MASK")],
+    "MaskComposite": [("MASK", "MASK")],
 }
+
+# EMMA modules: no one has released any; train them with the pack's trainer (README) under these names.
+FACE_MODULE = "emma-face.safetensors"
+OBJECT_MODULE = "emma-object.safetensors"
+STYLE_MODULE = "emma-style.safetensors"
+CLIP_VISION_H = "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors"
+FACE_IMAGE = "emma_face.png"
+OBJECT_IMAGE = "example.png"
+STYLE_IMAGE = "example.png"
 
 
 class UIWorkflow:
@@ -125,7 +145,122 @@ def ella_controlnet() -> dict:
     return w.to_json()
 
 
-WORKFLOWS = {"ella_text_to_image.json": ella_text_to_image, "ella_controlnet.json": ella_controlnet}
+def face_condition(w: UIWorkflow, previous=None, y=900, x=0, weight=1.0):
+    module = w.add("EMMALoadModule", [FACE_MODULE], pos=(x, y), size=(320, 60),
+                   models=[{"name": FACE_MODULE, "directory": "emma"}])
+    image = w.add("LoadImage", [FACE_IMAGE, "image"], pos=(x, y + 100), size=(320, 320), title="Face reference")
+    face = w.add("EMMAFaceFeatures", ["antelopev2", -1, 640, "auto"], {"image": (image, 0)},
+                 pos=(x + 360, y + 100), size=(320, 150))
+    inputs = {"module": (module, 0), "features": (face, 0)}
+    if previous:
+        inputs["conditions"] = previous
+    return (w.add("EMMACondition", [weight, 0.0, 1.0], inputs, pos=(x + 720, y), size=(300, 150)), 0)
+
+
+def clip_vision(w: UIWorkflow, y=900, x=0):
+    return (w.add("CLIPVisionLoader", [CLIP_VISION_H], pos=(x, y), size=(320, 60),
+                  models=[{"name": CLIP_VISION_H, "directory": "clip_vision"}]), 0)
+
+
+def image_condition(w: UIWorkflow, vision, module_file, kind, image_name, previous=None, y=1400, x=0,
+                    masked=False, weight=1.0, title="Object reference"):
+    module = w.add("EMMALoadModule", [module_file], pos=(x, y), size=(320, 60),
+                   models=[{"name": module_file, "directory": "emma"}])
+    image = w.add("LoadImage", [image_name, "image"], pos=(x, y + 100), size=(320, 320), title=title)
+    inputs = {"clip_vision": vision, "image": (image, 0)}
+    if masked:  # paint the object in the mask editor; an empty mask means "whole image"
+        inputs["mask"] = (image, 1)
+    features = w.add("EMMAImageFeatures", [kind, "center"], inputs, pos=(x + 360, y + 100), size=(320, 120))
+    inputs = {"module": (module, 0), "features": (features, 0)}
+    if previous:
+        inputs["conditions"] = previous
+    return (w.add("EMMACondition", [weight, 0.0, 1.0], inputs, pos=(x + 720, y), size=(300, 150)), 0)
+
+
+def assembled(w: UIWorkflow, n, conditions, x=1100, y=0):
+    node = w.add("EMMAAssemble", [False], {"positive": (n["positive"], 0), "negative": (n["negative"], 0),
+                                         "conditions": conditions}, pos=(x, y), size=(300, 100))
+    return (node, 0), (node, 1)
+
+
+def emma_workflow(build_conditions, prefix, controlnet=False) -> dict:
+    w = UIWorkflow()
+    n = ella_text_nodes(w)
+    conditions = build_conditions(w)
+    positive, negative = assembled(w, n, conditions, x=1100)
+    if controlnet:
+        image = w.add("LoadImage", ["example.png", "image"], pos=(1100, 300), size=(320, 320), title="Control image")
+        edges = w.add("Canny", [0.4, 0.8], {"image": (image, 0)}, pos=(1100, 660), size=(300, 90))
+        control = w.add("ControlNetLoader", [CANNY_CONTROLNET], pos=(1100, 800), size=(320, 60),
+                        models=[{"name": CANNY_CONTROLNET, "directory": "controlnet"}])
+        applied = w.add("ControlNetApplyAdvanced", [0.8, 0.0, 1.0],
+                        {"positive": positive, "negative": negative, "control_net": (control, 0),
+                         "image": (edges, 0), "vae": (n["ckpt"], 2)}, pos=(1460, 300), size=(320, 190))
+        positive, negative = (applied, 0), (applied, 1)
+    sampler_tail(w, (n["model"], 0), positive, negative, (n["ckpt"], 2), x=1900, prefix=prefix)
+    return w.to_json()
+
+
+def emma_text_face():
+    return emma_workflow(lambda w: face_condition(w), "EMMA/text_face")
+
+
+def emma_text_object():
+    return emma_workflow(lambda w: image_condition(w, clip_vision(w), OBJECT_MODULE, "object / portrait",
+                                                   OBJECT_IMAGE, masked=True), "EMMA/text_object")
+
+
+def emma_text_style():
+    return emma_workflow(lambda w: image_condition(w, clip_vision(w), STYLE_MODULE, "style", STYLE_IMAGE,
+                                                   title="Style reference"), "EMMA/text_style")
+
+
+def _face_and_object(w):
+    face = face_condition(w)
+    return image_condition(w, clip_vision(w, y=1400), OBJECT_MODULE, "object / portrait", OBJECT_IMAGE,
+                           previous=face, y=1500, masked=True)
+
+
+def emma_text_face_object():
+    return emma_workflow(_face_and_object, "EMMA/text_face_object")
+
+
+def emma_assembled_controlnet():
+    return emma_workflow(_face_and_object, "EMMA/assembled_controlnet", controlnet=True)
+
+
+def emma_two_regions() -> dict:
+    """Left half: the face reference; right half: the object reference; each its own assembled prompt."""
+    w = UIWorkflow()
+    n = ella_text_nodes(w)
+    face = face_condition(w)
+    obj = image_condition(w, clip_vision(w, y=1400), OBJECT_MODULE, "object / portrait", OBJECT_IMAGE, y=1500)
+    regions = []
+    for i, (conditions, x0) in enumerate(((face, 0), (obj, 256))):
+        positive, _ = assembled(w, n, conditions, x=1100, y=i * 500)
+        empty = w.add("SolidMask", [0.0, 512, 512], pos=(1100, 150 + i * 500), size=(260, 100))
+        half = w.add("SolidMask", [1.0, 256, 512], pos=(1100, 280 + i * 500), size=(260, 100))
+        mask = w.add("MaskComposite", [x0, 0, "add"], {"destination": (empty, 0), "source": (half, 0)},
+                     pos=(1400, 150 + i * 500), size=(260, 130))
+        regions.append(w.add("ConditioningSetMask", [1.0, "default"],
+                             {"conditioning": positive, "mask": (mask, 0)}, pos=(1700, i * 500), size=(300, 100)))
+    combined = w.add("ConditioningCombine", [], {"conditioning_1": (regions[0], 0), "conditioning_2": (regions[1], 0)},
+                     pos=(2000, 0), size=(260, 50))
+    sampler_tail(w, (n["model"], 0), (combined, 0), (n["negative"], 0), (n["ckpt"], 2), x=2300,
+                 prefix="EMMA/two_regions")
+    return w.to_json()
+
+
+WORKFLOWS = {
+    "ella_text_to_image.json": ella_text_to_image,
+    "ella_controlnet.json": ella_controlnet,
+    "emma_text_face.json": emma_text_face,
+    "emma_text_object.json": emma_text_object,
+    "emma_text_style.json": emma_text_style,
+    "emma_text_face_object.json": emma_text_face_object,
+    "emma_assembled_controlnet.json": emma_assembled_controlnet,
+    "emma_two_regions.json": emma_two_regions,
+}
 
 
 def main() -> int:

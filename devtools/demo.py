@@ -17,10 +17,10 @@ from pathlib import Path
 from PIL import Image
 
 from . import host, standins
-from .run_workflow import prepare
+from .run_workflow import ensure_input_images, prepare
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_WORKFLOW = REPO / "workflows" / "ella_text_to_image.json"
+DEFAULT_WORKFLOW = REPO / "workflows" / "emma_text_face_object.json"
 STANDIN_ROOT = REPO / ".cache" / "test-models"
 
 
@@ -40,9 +40,7 @@ def main(argv=None) -> int:
             print("Real weights not found; using generated stand-ins (random weights, the image is noise):")
             for line in prepared.standins_used:
                 print("  -", line)
-        sample = Path(server.input_dir) / "example.png"
-        if not sample.exists():
-            shutil.copyfile(comfy_dir / "input" / "example.png", sample)
+        ensure_input_images(server.input_dir, comfy_dir)
         history = server.run(prepared.graph, timeout=3600)
         images = server.output_images(history)
         args.out.mkdir(parents=True, exist_ok=True)

@@ -8,15 +8,41 @@ from pathlib import Path
 from . import standins as standin_files
 from .workflow_api import load_ui_workflow, ui_to_api
 
-# (node type, input) -> the stand-in file that replaces a missing real model
-def standin_for() -> dict[tuple[str, str], str]:
+# (node type, input) -> the stand-in file that replaces a missing real model (a function of the real name)
+def standin_for() -> dict[tuple[str, str], object]:
     names = standin_files.standin_names()
+    modules = names["emma"]
+
+    def module_for(real: str) -> str:
+        for modality in ("face", "style", "object"):
+            if modality in real.lower():
+                return modules[modality]
+        return modules["object"]
+
     return {
         ("CheckpointLoaderSimple", "ckpt_name"): names["checkpoints"],
         ("EMMALoadELLA", "ella_name"): names["ella"],
         ("EMMALoadT5", "t5_name"): names["text_encoders"],
         ("ControlNetLoader", "control_net_name"): names["controlnet"],
+        ("CLIPVisionLoader", "clip_name"): names["clip_vision"],
+        ("EMMALoadModule", "module_name"): module_for,
     }
+
+
+def ensure_input_images(input_dir: Path, comfy_dir: Path) -> None:
+    """The reference images the shipped workflows name: ComfyUI's example.png and a public-domain face
+    photo (scikit-image's astronaut, NASA)."""
+    import shutil
+
+    from PIL import Image
+
+    input_dir = Path(input_dir)
+    if not (input_dir / "example.png").exists():
+        shutil.copyfile(Path(comfy_dir) / "input" / "example.png", input_dir / "example.png")
+    if not (input_dir / "emma_face.png").exists():
+        from skimage import data
+
+        Image.fromarray(data.astronaut()).save(input_dir / "emma_face.png")
 
 
 @dataclass
@@ -44,8 +70,9 @@ def prepare(ui_path: Path, object_info: dict, *, small: bool | None = None, step
                 continue
             wanted = node["inputs"][name]
             if wanted not in _options(object_info, class_type, name):
-                node["inputs"][name] = standin
-                used.append(f"{class_type}.{name}: {wanted} -> {standin} (generated stand-in, random weights)")
+                replacement = standin(wanted) if callable(standin) else standin
+                node["inputs"][name] = replacement
+                used.append(f"{class_type}.{name}: {wanted} -> {replacement} (generated stand-in, random weights)")
     if small is None:
         small = bool(used)
     for node in graph.values():

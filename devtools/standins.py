@@ -35,6 +35,10 @@ TAESD_DECODER = "taesd_decoder.safetensors"
 CONTROLNET = "emma-standin-controlnet-sd15-tiny.safetensors"
 T5 = "emma-standin-flan-t5-tiny.safetensors"
 ELLA = "emma-standin-ella-sd1.5-tsc-t5xl.safetensors"
+CLIP_VISION = "emma-standin-clip-vit-h.safetensors"
+# EMMA modules: nobody has released any, so these stand in for what the trainer produces.
+EMMA_MODULES = {"face": "emma-standin-face.safetensors", "object": "emma-standin-object.safetensors",
+                "style": "emma-standin-style.safetensors"}
 
 # A UNet ComfyUI's model detection calls SD15 (model_channels 320, context_dim 768, no linear proj_in,
 # no label_emb, no temporal layers); depth and channel_mult are free, so one level and one res block.
@@ -232,6 +236,49 @@ def build_ella(path: Path, seed: int = SEED + 6) -> None:
     _save(_cast(sd, torch.float16), path)
 
 
+def random_state_dict(shapes: dict[str, torch.Size], seed: int) -> dict[str, torch.Tensor]:
+    """Weights ~ N(0, 1/fan_in), norms 1, biases 0: activations stay O(1) through deep stacks."""
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for name, shape in shapes.items():
+        if name.endswith("bias"):
+            out[name] = torch.zeros(shape)
+        elif "norm" in name and len(shape) == 1:
+            out[name] = torch.ones(shape)
+        else:
+            fan_in = shape[-1] if len(shape) > 1 else shape[0]
+            out[name] = torch.randn(shape, generator=g) * fan_in ** -0.5
+    return out
+
+
+def build_clip_vision_h(path: Path, seed: int = SEED + 7) -> None:
+    """CLIP ViT-H/14 in the layout of the file IPAdapter users have (transformers names, 'vision_model.*'
+    + 'visual_projection.weight'), real size (ComfyUI picks the config by layer count), random, fp16."""
+    import comfy.clip_vision
+
+    config = os.path.join(os.path.dirname(comfy.clip_vision.__file__), "clip_vision_config_h.json")
+    with torch.device("meta"):
+        model = comfy.clip_vision.ClipVisionModel(config)
+    shapes = {k: v.shape for k, v in model.model.state_dict().items()}
+    sd = random_state_dict(shapes, seed)
+    _save(_cast(sd, torch.float16), path)
+
+
+def build_emma_module(path: Path, modality: str, seed: int) -> None:
+    """A random EMMA module with non-zero global gates (an untrained one would be an exact no-op)."""
+    repo_root = str(Path(__file__).resolve().parents[1])
+    if repo_root not in sys.path:
+        sys.path.insert(0, repo_root)
+    from emma_core.emma_module import EMMAConfig, EMMAModule, save_module
+
+    with seeded(seed):
+        module = EMMAModule(EMMAConfig(modality=modality))
+        for block in module.branch:
+            torch.nn.init.constant_(block.global_gate_attn, 0.5)
+            torch.nn.init.constant_(block.global_gate_ffn, 0.5)
+    save_module(module, str(path), dtype=torch.float16)
+
+
 # ----------------------------------------------------------------------------------------- entry point
 def _plan(models_root: Path) -> list[tuple[list[Path], Callable[[], None]]]:
     r = models_root
@@ -242,6 +289,11 @@ def _plan(models_root: Path) -> list[tuple[list[Path], Callable[[], None]]]:
         ([r / "controlnet" / CONTROLNET], lambda: build_controlnet(r / "controlnet" / CONTROLNET)),
         ([r / "text_encoders" / T5], lambda: build_t5(r / "text_encoders" / T5)),
         ([r / "ella" / ELLA], lambda: build_ella(r / "ella" / ELLA)),
+        ([r / "clip_vision" / CLIP_VISION], lambda: build_clip_vision_h(r / "clip_vision" / CLIP_VISION)),
+        *[([r / "emma" / name], lambda m=modality, n=name, i=i: build_emma_module(r / "emma" / n, m, SEED + 10 + i))
+          for i, (modality, name) in enumerate(EMMA_MODULES.items())],
+        ([r / "insightface" / "models" / "antelopev2" / "glintr100.onnx"],
+         lambda: __import__("devtools.face_packs", fromlist=["x"]).ensure_face_packs(r / "insightface")),
     ]
 
 
@@ -252,6 +304,9 @@ def standin_names() -> dict[str, object]:
         "controlnet": CONTROLNET,
         "text_encoders": T5,
         "ella": ELLA,
+        "clip_vision": CLIP_VISION,
+        "emma": dict(EMMA_MODULES),
+        "insightface": "antelopev2",
     }
 
 

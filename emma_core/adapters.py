@@ -38,7 +38,7 @@ class Features:
 
     @property
     def batch(self) -> int:
-        return next(iter(self.tensors.values())).shape[0]
+        return next(iter(self.tensors.values())).shape[0] if self.tensors else 0
 
     def describe(self) -> str:
         shapes = ", ".join(f"{name} {list(t.shape)}" for name, t in self.tensors.items())

@@ -80,10 +80,10 @@ def _batched(branch: Branch, rows: int) -> torch.Tensor:
 def assembled_after_block(branches: Sequence[Branch]) -> AfterBlock:
     """ELLA's `after_block` hook that adds every branch's summed gated residuals after each PR block.
 
-    Weight-0 branches are skipped entirely (not multiplied by 0), so they cannot add floating-point noise;
-    with no branch left the hook returns ELLA's latents untouched.
+    Branches with lambda 0 (weight 0 or gate scale 0) are skipped entirely, not multiplied by 0, so they
+    cannot add floating-point noise; with no branch left the hook returns ELLA's latents untouched.
     """
-    branches = [b for b in branches if b.weight != 0.0]
+    branches = [b for b in branches if b.weight * b.module.config.gate_scale != 0.0]
 
     def after_block(index: int, latents: torch.Tensor, time_embedding: torch.Tensor) -> torch.Tensor:
         if not branches:

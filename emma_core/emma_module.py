@@ -20,7 +20,7 @@ import json
 import os
 import re
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -175,10 +175,11 @@ def module_from_state_dict(
 ) -> EMMAModule:
     name = os.path.basename(source)
     kind = metadata.get("format")
+    if kind != FORMAT_NAME and any(key.startswith(("connector.", "time_embedding.")) for key in state_dict):
+        # Checked before the format name: exporters often write {"format": "pt"} into any file.
+        raise WeightsFileError(f"{name}: this is an ELLA connector, load it with Load ELLA Connector "
+                               "(the EMMA module loader takes EMMA condition modules)")
     if kind is None:
-        if any(key.startswith(("connector.", "time_embedding.")) for key in state_dict):
-            raise WeightsFileError(f"{name}: this is an ELLA connector, load it with Load ELLA Connector "
-                                   "(the EMMA module loader takes EMMA condition modules)")
         raise WeightsFileError(f"{name} has no EMMA metadata (format={FORMAT_NAME!r} expected): "
                                "not an EMMA module file")
     if kind != FORMAT_NAME:

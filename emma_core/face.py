@@ -139,7 +139,7 @@ def check_pack(root: str | os.PathLike, name: str) -> Path:
         moved = ", ".join(p.name for p in _onnx_files(src))
         raise FaceError(f"face model pack {name!r} is nested one folder too deep: the .onnx files are in "
                         f"{src}{os.sep} but insightface reads {pack}{os.sep}. Move {moved} from {src}{os.sep} "
-                        f"to {pack}{os.sep} (then delete the empty {src.name} folder).")
+                        f"to {pack}{os.sep}, then delete the emptied folder {src}{os.sep}.")
     zipped = sorted(pack.glob("*.zip"))
     if zipped:
         raise FaceError(f"face model folder {pack} holds {zipped[0].name} but no .onnx files: unzip it so that "
@@ -256,6 +256,8 @@ def _normalise(vec: np.ndarray, what: str) -> np.ndarray:
     norm = float(np.linalg.norm(vec))
     if norm < 1e-12:
         raise FaceError(f"{what} is all zeros")
+    if abs(norm - 1.0) < 1e-6:  # already unit: keep the exact values (save/load round trips bit-exactly)
+        return vec
     return (vec / norm).astype(np.float32)
 
 
@@ -506,6 +508,7 @@ def save_face_features(path: str | os.PathLike, emb: FaceEmbedding | np.ndarray 
     os.close(fd)
     try:
         save_file({"embedding": embedding, "embeddings": rows.astype(np.float32)}, tmp, metadata=metadata)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; give the file the usual permissions
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

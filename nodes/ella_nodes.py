@@ -76,7 +76,7 @@ class LoadT5(io.ComfyNode):
             raise node_error("Load flan-T5 Encoder", str(error)) from error
 
 
-def ella_conditioning(ella, t5, text: str, length: str, clip_conditioning=None, extras=None):
+def ella_conditioning(ella, t5, text: str, length: str, clip_conditioning=None):
     fixed = FIXED_LENGTH if length != "flexible" else None
     features = t5.encode(text, fixed)
     if features.shape[-1] != ella.connector.config.input_dim:
@@ -88,7 +88,7 @@ def ella_conditioning(ella, t5, text: str, length: str, clip_conditioning=None, 
         if clip_tokens.shape[-1] != ella.connector.config.width:
             raise node_error("ELLA Text Encode", f"clip_conditioning has width {clip_tokens.shape[-1]}; "
                              f"SD1.5 CLIP gives {ella.connector.config.width}")
-    prompt = ELLAPrompt(features, clip_tokens, extras or {})
+    prompt = ELLAPrompt(features, clip_tokens)
     mm.load_models_gpu([ella.patcher])
     with torch.no_grad():
         placeholder = prompt.context(ella.connector, torch.tensor([PLACEHOLDER_TIMESTEP])).float().cpu()

@@ -7,7 +7,7 @@ import folder_paths
 
 SAFETENSORS = {".safetensors"}
 # folder name -> default location under ComfyUI's models dir
-PACK_FOLDERS = {"ella": "ella", "emma": "emma"}
+PACK_FOLDERS = {"ella": "ella", "emma": "emma", "emma_features": "emma_features", "insightface": "insightface"}
 
 
 def register_folders() -> None:

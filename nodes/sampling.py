@@ -15,14 +15,24 @@ PROMPT_KEY = "emma_prompt"  # the emma_core.prompt.ELLAPrompt of a conditioning 
 CONNECTOR_KEY = "emma_connector"  # the nodes-side ELLA handle (its ModelPatcher) of that entry
 
 
-def _with_context(entry: dict, timesteps: torch.Tensor) -> dict:
+def schedule_weight(model_sampling, sigma: float):
+    """A condition's weight at this call: 0 outside its start/end range, mapped exactly as ComfyUI maps
+    ConditioningSetTimestepRange (percent_to_sigma, both ends inclusive)."""
+    def weight_at(condition) -> float:
+        if model_sampling.percent_to_sigma(condition.end) <= sigma <= model_sampling.percent_to_sigma(condition.start):
+            return condition.weight
+        return 0.0
+    return weight_at
+
+
+def _with_context(entry: dict, timesteps: torch.Tensor, weight_at) -> dict:
     prompt, handle = entry[PROMPT_KEY], entry[CONNECTOR_KEY]
     connector = handle.patcher.model
     device = next(connector.parameters()).device
     if device != timesteps.device and timesteps.device.type != "cpu":
         # Normally loaded with the UNet through "additional_models"; this covers graphs that dropped them.
-        comfy.model_management.load_models_gpu([handle.patcher])
-    context = prompt.context(connector, timesteps)
+        comfy.model_management.load_models_gpu([p for p in entry.get("additional_models", [])])
+    context = prompt.context(connector, timesteps, weight_at)
     entry = entry.copy()
     model_conds = entry["model_conds"].copy()
     model_conds["c_crossattn"] = comfy.conds.CONDCrossAttn(context)
@@ -32,8 +42,10 @@ def _with_context(entry: dict, timesteps: torch.Tensor) -> dict:
 
 def ella_context_wrapper(executor, model, conds, x_in, timestep, model_options):
     timesteps = model.model_sampling.timestep(timestep)
+    weight_at = schedule_weight(model.model_sampling, float(timestep.reshape(-1)[0]))
     conds = [
-        None if group is None else [_with_context(c, timesteps) if PROMPT_KEY in c else c for c in group]
+        None if group is None else [_with_context(c, timesteps, weight_at) if PROMPT_KEY in c else c
+                                    for c in group]
         for group in conds
     ]
     return executor(model, conds, x_in, timestep, model_options)

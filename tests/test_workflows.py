@@ -6,16 +6,21 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from devtools.run_workflow import prepare
+from devtools.run_workflow import ensure_input_images, prepare
 from devtools.workflow_api import load_ui_workflow
 
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
-PACK_NODES = {"EMMALoadELLA", "EMMALoadT5", "EMMATextEncode", "EMMAApplyToModel"}
+PACK_NODES = {"EMMALoadELLA", "EMMALoadT5", "EMMATextEncode", "EMMAApplyToModel", "EMMALoadModule",
+              "EMMAFaceFeatures", "EMMAImageFeatures", "EMMASaveFeatures", "EMMALoadFeatures", "EMMACondition",
+              "EMMAAssemble"}
 
 
 def test_there_are_workflows():
-    assert {p.name for p in WORKFLOWS} >= {"ella_text_to_image.json", "ella_controlnet.json"}
+    assert {p.name for p in WORKFLOWS} >= {
+        "ella_text_to_image.json", "ella_controlnet.json", "emma_text_face.json", "emma_text_object.json",
+        "emma_text_style.json", "emma_text_face_object.json", "emma_assembled_controlnet.json",
+        "emma_two_regions.json"}
 
 
 def test_pack_nodes_are_served(comfy_server):
@@ -34,9 +39,7 @@ def test_workflow_runs_to_a_saved_image(comfy_server, path):
     graph = prepared.graph
     assert {n["class_type"] for n in graph.values()} == used_types - {"Note"}
     assert prepared.standins_used  # no real weights on a test machine
-    sample = Path(comfy_server.input_dir) / "example.png"
-    if not sample.exists():
-        Image.new("RGB", (64, 64), (200, 30, 30)).save(sample)
+    ensure_input_images(comfy_server.input_dir, comfy_server.comfy_dir)
     history = comfy_server.run(graph, timeout=600)
     images = comfy_server.output_images(history)
     assert len(images) == 1 and images[0].exists()

@@ -105,10 +105,12 @@ def reference_assembled(ella_sd, text, t, branches):
     """
     sd = {k: v.double() for k, v in ella_sd.items()}
     branches = [({k: v.double() for k, v in b.items()}, c.double(), lam) for b, c, lam in branches]
-    t = torch.as_tensor(t, dtype=torch.float64).reshape(-1)
-    k = torch.arange(160, dtype=torch.float64)
+    # The sinusoid is taken in fp32, as ELLA and ComfyUI's timestep_embedding do: at t ~ 700 fp32 angles
+    # are off by ~1e-4 rad, which the branches amplify past 1e-5; everything after it is float64.
+    t = torch.as_tensor(t, dtype=torch.float32).reshape(-1)
+    k = torch.arange(160, dtype=torch.float32)
     freq = torch.exp(-math.log(10000.0) * k / 160)
-    e0 = torch.cat([torch.cos(t[:, None] * freq), torch.sin(t[:, None] * freq)], dim=1)
+    e0 = torch.cat([torch.cos(t[:, None] * freq), torch.sin(t[:, None] * freq)], dim=1).double()
     temb = _lin(sd, F.silu(_lin(sd, e0, "time_embedding.linear_1")), "time_embedding.linear_2")[:, None, :]
     x = _lin(sd, text.double(), "connector.proj_in")
     rows = max(text.shape[0], t.shape[0])

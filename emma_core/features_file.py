@@ -1,0 +1,49 @@
+"""EMMA condition features as .safetensors, so an identity or a reference can be reused without pickle."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+import torch
+from safetensors.torch import save_file
+
+from .adapters import FEATURE_KINDS, Features
+from .state_dict import WeightsFileError, read_safetensors
+
+FORMAT = "emma-features"
+VERSION = 1
+
+
+def save_features(features: Features, path: str, meta: dict | None = None) -> str:
+    """Atomic: a crash mid-write leaves any earlier file of that name intact."""
+    metadata = {"format": FORMAT, "format_version": str(VERSION), "feature_kind": features.kind,
+                "shapes": json.dumps({k: list(v.shape) for k, v in features.tensors.items()}),
+                "meta": json.dumps(meta or {})}
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".features-", suffix=".tmp", dir=folder)
+    os.close(fd)
+    try:
+        save_file({k: v.detach().float().cpu().contiguous() for k, v in features.tensors.items()}, tmp, metadata)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def load_features(path: str) -> tuple[Features, dict]:
+    tensors, metadata = read_safetensors(path)
+    name = os.path.basename(path)
+    if metadata.get("format") != FORMAT:
+        found = metadata.get("format") or ("an EMMA module / ELLA weights" if tensors else "no format")
+        raise WeightsFileError(f"{name} is not an EMMA features file (format {found!r}); save features with "
+                               "the 'Save EMMA Features' node")
+    if int(metadata.get("format_version", "0")) > VERSION:
+        raise WeightsFileError(f"{name} is features format version {metadata['format_version']}; this pack "
+                               f"reads up to {VERSION}: update the pack")
+    kind = metadata.get("feature_kind", "")
+    if kind not in FEATURE_KINDS:
+        raise WeightsFileError(f"{name}: unknown feature kind {kind!r} (known: {', '.join(FEATURE_KINDS)})")
+    return Features(kind, tensors), json.loads(metadata.get("meta", "{}"))
