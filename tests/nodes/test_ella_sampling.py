@@ -4,6 +4,7 @@ import itertools
 
 import pytest
 import torch
+from host_recording import record_calls, sample
 
 SAMPLERS = ["euler", "dpmpp_2m", "heun"]
 SCHEDULERS = ["normal", "karras", "exponential"]
@@ -26,38 +27,6 @@ def graph(comfy_inprocess, standins):
         positive, negative, control, hint, 0.8, 0.0, 1.0, vae=vae)
     return dict(mapping=mapping, ella=ella, t5=t5, model=model, positive=positive, negative=negative,
                 positive_cn=positive_cn, negative_cn=negative_cn, control=control)
-
-
-def record_calls(model, ella, control_models):
-    """Clone `model` with a recorder at APPLY_MODEL: per call, the sigma, the UNet context and row order,
-    and what the connector and the ControlNet saw since the previous call."""
-    import comfy.patcher_extension
-
-    calls, connector_steps, control_contexts = [], [], []
-    hooks = [ella.connector.register_forward_pre_hook(
-        lambda m, args: connector_steps.append(torch.as_tensor(args[1]).clone()))]
-    for control_model in control_models:
-        hooks.append(control_model.register_forward_pre_hook(
-            lambda m, args, kw: control_contexts.append(kw["context"].clone()), with_kwargs=True))
-
-    def recorder(executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options={}, **kw):
-        calls.append(dict(sigma=t.clone(), context=c_crossattn.clone(),
-                          cond_or_uncond=list(transformer_options["cond_or_uncond"]),
-                          connector_steps=list(connector_steps), control_contexts=list(control_contexts)))
-        connector_steps.clear()
-        control_contexts.clear()
-        return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kw)
-
-    recorded = model.clone()
-    recorded.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, "test.recorder", recorder)
-    return recorded, calls, hooks
-
-
-def sample(mapping, model, positive, negative, sampler, scheduler, steps=3, seed=7, cfg=7.0):
-    latent = mapping["EmptyLatentImage"]().generate(64, 64, 1)[0]
-    with torch.inference_mode():
-        return mapping["KSampler"]().sample(model, seed, steps, cfg, sampler, scheduler, positive, negative,
-                                            latent, denoise=1.0)[0]["samples"]
 
 
 def expected_context(ella, cond, timestep):
