@@ -26,6 +26,21 @@ quiet_pip() {
 
 sha() { sha256sum | cut -c1-64; }
 
+# Debian's Chromium for the browser test (tests/test_browser.py drives it with playwright, which must never
+# download a browser of its own). Only when /usr/bin/chromium is missing; needs root (CI runs as root).
+ensure_chromium() {
+    [ -x /usr/bin/chromium ] && return 0
+    if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
+        echo "setup_env: /usr/bin/chromium missing (install Debian's chromium); the browser test will be skipped"
+        return 0
+    fi
+    echo "setup_env: apt-get install chromium"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >/dev/null
+    apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core </dev/null >/dev/null
+}
+ensure_chromium
+
 if [ ! -x "$PY" ]; then
     echo "setup_env: creating $VENV with $("$PYTHON" --version 2>&1)"
     "$PYTHON" -m venv "$VENV"

@@ -1,0 +1,247 @@
+"""The feature cache: everything the trainer reads, computed once from the dataset folder.
+
+Per usable image: the VAE latents (model space, i.e. already scaled as the UNet sees them), the T5 features
+of its caption, and the condition features of the module's kind (face embedding, CLIP tokens + mask,
+style embedding). Stored as .safetensors shards under
+
+    <cache_root>/<key>/manifest.json        which item lives in which shard, what was skipped and why
+                       shard-00000.safetensors ...
+                       empty_text.safetensors  T5 features of "" (text dropout / the CFG negative)
+
+`key` hashes the encoders' fingerprint (model files, resolution, modality, text length), so changing any of
+them starts a new cache next to the old one, and the same settings reuse it across runs. Building is
+resumable: shards are written atomically and the manifest is rewritten after each one, so a killed build
+continues where the last shard ended; an item whose image, caption or mask changed is re-encoded.
+The trainer reads only this cache (no image decoding, no encoders in the training loop).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import torch
+
+from ..adapters import Features
+from .atomic import remove_stale_temporaries, write_atomic, write_json_atomic
+from .dataset import DatasetItem, load_image, load_mask
+
+log = logging.getLogger(__name__)
+
+FORMAT = "emma-feature-cache"
+VERSION = 1
+HALF_KEYS = ("text", "cond.hidden")  # the large ones, stored in fp16
+
+
+@dataclass
+class CacheEncoders:
+    """The frozen encoders, as callables (the front ends build them from ComfyUI / emma_core objects).
+
+    encode_text(caption) -> [N, D] T5 features
+    encode_image(image [1, H, W, 3] in [0, 1]) -> [1, C, h, w] latents in model space
+    encode_condition(image, mask or None) -> Features (batch 1); raise ValueError (e.g. FaceError) to skip
+    fingerprint: JSON-able description of the encoders and settings; part of the cache key
+    """
+
+    encode_text: Callable[[str], torch.Tensor]
+    encode_image: Callable[[torch.Tensor], torch.Tensor]
+    encode_condition: Callable[[torch.Tensor, Optional[torch.Tensor]], Features]
+    fingerprint: dict
+    resolution: int = 512
+    use_masks: bool = False
+
+
+def cache_key(fingerprint: dict) -> str:
+    blob = json.dumps({"format": FORMAT, "version": VERSION, **fingerprint}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _save_tensors(path: Path, tensors: dict, metadata: dict) -> None:
+    from safetensors.torch import save
+
+    data = save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata=metadata)
+    write_atomic(path, lambda h: h.write(data))
+
+
+def _stored(name: str, tensor: torch.Tensor) -> torch.Tensor:
+    tensor = tensor.detach().float().cpu()
+    return tensor.half() if name in HALF_KEYS else tensor
+
+
+@dataclass
+class CacheReport:
+    folder: Path
+    items: int
+    encoded: int          # encoded in this call (the rest came from an earlier run)
+    skipped: list         # [(name, reason)] including the dataset scan's
+
+    def text(self) -> str:
+        lines = [f"feature cache {self.folder}: {self.items} items ({self.encoded} encoded now, "
+                 f"{self.items - self.encoded} reused)"]
+        if self.skipped:
+            lines.append(f"{len(self.skipped)} images skipped:")
+            lines += [f"  {n}: {r}" for n, r in self.skipped]
+        return "\n".join(lines)
+
+
+def build_cache(items: Sequence[DatasetItem], cache_root: str | os.PathLike, encoders: CacheEncoders,
+                shard_size: int = 64, progress: Optional[Callable[[int, int], None]] = None,
+                scan_skipped: Sequence = ()) -> CacheReport:
+    """Encode the items not yet cached; returns where the cache is and what was skipped."""
+    folder = Path(cache_root) / cache_key(encoders.fingerprint)
+    folder.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(folder)
+    manifest_path = folder / "manifest.json"
+    manifest = {"format": FORMAT, "version": VERSION, "fingerprint": encoders.fingerprint,
+                "items": {}, "skipped": {}}
+    if manifest_path.is_file():
+        old = json.loads(manifest_path.read_text())
+        if old.get("format") == FORMAT and old.get("version") == VERSION:
+            manifest["items"] = {k: v for k, v in old.get("items", {}).items() if (folder / v["shard"]).is_file()}
+            manifest["skipped"] = old.get("skipped", {})
+    if not (folder / "empty_text.safetensors").is_file():
+        _save_tensors(folder / "empty_text.safetensors", {"text": _stored("text", encoders.encode_text(""))}, {})
+
+    def done(item: DatasetItem) -> bool:
+        fp = item.fingerprint()
+        entry = manifest["items"].get(item.name) or manifest["skipped"].get(item.name)
+        return entry is not None and entry.get("fingerprint") == fp
+
+    todo = [item for item in items if not done(item)]
+    shard_numbers = [int(v["shard"][6:11]) for v in manifest["items"].values()]
+    next_shard = max(shard_numbers, default=-1) + 1
+    pending: dict[str, torch.Tensor] = {}
+    pending_rows: list[tuple[DatasetItem, int]] = []
+
+    def flush():
+        nonlocal next_shard, pending, pending_rows
+        if not pending_rows:
+            return
+        shard = f"shard-{next_shard:05d}.safetensors"
+        _save_tensors(folder / shard, pending, {"format": FORMAT, "items": json.dumps([i.name for i, _ in pending_rows])})
+        for item, row in pending_rows:
+            manifest["items"][item.name] = {"fingerprint": item.fingerprint(), "shard": shard, "row": row,
+                                            "caption": item.caption}
+            manifest["skipped"].pop(item.name, None)
+        write_json_atomic(manifest_path, manifest)
+        next_shard += 1
+        pending, pending_rows = {}, []
+
+    encoded = 0
+    for n, item in enumerate(todo):
+        try:
+            image = load_image(item.image, encoders.resolution)
+            mask = load_mask(item.mask, encoders.resolution) if (item.mask is not None and encoders.use_masks) else None
+            with torch.no_grad():
+                features = encoders.encode_condition(image, mask)
+                latents = encoders.encode_image(image)
+                text = encoders.encode_text(item.caption)
+        except ValueError as error:  # FaceError is a ValueError: "no face found in ..."
+            manifest["skipped"][item.name] = {"fingerprint": item.fingerprint(), "reason": str(error)}
+            manifest["items"].pop(item.name, None)
+            log.info("EMMA training: skipping %s: %s", item.name, error)
+        else:
+            row = len(pending_rows)
+            pending[f"{row}.latents"] = _stored("latents", latents[0])
+            pending[f"{row}.text"] = _stored("text", text)
+            for key, tensor in features.tensors.items():
+                pending[f"{row}.cond.{key}"] = _stored(f"cond.{key}", tensor[0])
+            pending_rows.append((item, row))
+            encoded += 1
+            if len(pending_rows) >= shard_size:
+                flush()
+        if progress is not None:
+            progress(n + 1, len(todo))
+    flush()
+    write_json_atomic(manifest_path, manifest)
+    names = {i.name for i in items}
+    skipped = list(scan_skipped) + [(k, v["reason"]) for k, v in sorted(manifest["skipped"].items()) if k in names]
+    usable = sum(1 for i in items if i.name in manifest["items"])
+    if usable == 0:
+        raise ValueError("no usable images after encoding:\n" + "\n".join(f"  {n}: {r}" for n, r in skipped))
+    return CacheReport(folder, usable, encoded, skipped)
+
+
+class CachedDataset:
+    """Read-only view of a cache: sample(i) -> {"latents", "text", "features": {name: tensor}, "index"}."""
+
+    def __init__(self, folder: str | os.PathLike, names: Optional[Sequence[str]] = None):
+        from safetensors import safe_open
+
+        self.folder = Path(folder)
+        manifest = json.loads((self.folder / "manifest.json").read_text())
+        if manifest.get("format") != FORMAT:
+            raise ValueError(f"{self.folder} is not an EMMA feature cache")
+        self.fingerprint = manifest["fingerprint"]
+        entries = manifest["items"]
+        # Sorted names: the sample order (and so the data order) does not depend on how the cache was built.
+        self.names = sorted(n for n in (names if names is not None else entries) if n in entries)
+        self.entries = [entries[n] for n in self.names]
+        self._open = safe_open
+        self._handles: dict = {}
+        with safe_open(str(self.folder / "empty_text.safetensors"), framework="pt") as f:
+            self.empty_text = f.get_tensor("text").float()
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def _handle(self, shard: str):
+        if shard not in self._handles:
+            self._handles[shard] = self._open(str(self.folder / shard), framework="pt")
+        return self._handles[shard]
+
+    def sample(self, index: int) -> dict:
+        entry = self.entries[index]
+        f = self._handle(entry["shard"])
+        row = entry["row"]
+        prefix = f"{row}."
+        features = {key[len(prefix) + 5:]: f.get_tensor(key).float() for key in f.keys()
+                    if key.startswith(prefix + "cond.")}
+        return {"latents": f.get_tensor(prefix + "latents").float(), "text": f.get_tensor(prefix + "text").float(),
+                "features": features, "index": index}
+
+    def feature_kind(self) -> str:
+        return self.fingerprint.get("feature_kind", "")
+
+
+class InMemoryDataset:
+    """The same interface over samples already in memory (tests, benchmarks, other trainers)."""
+
+    def __init__(self, samples: list[dict], empty_text: Optional[torch.Tensor] = None):
+        self.samples = [dict(s, index=i) for i, s in enumerate(samples)]
+        self.empty_text = empty_text
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def sample(self, index: int) -> dict:
+        return self.samples[index]
+
+
+class Subset:
+    def __init__(self, base, indices: Sequence[int]):
+        self.base, self.indices = base, list(indices)
+        self.empty_text = getattr(base, "empty_text", None)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def sample(self, index: int) -> dict:
+        return dict(self.base.sample(self.indices[index]), index=self.indices[index])
+
+
+def split_validation(count: int, fraction: float, seed: int = 0, minimum: int = 1) -> tuple[list[int], list[int]]:
+    """(train indices, held-out indices): a fixed random `fraction` held out (at least `minimum` when
+    fraction > 0 and at least 2 samples), chosen by `seed`, so every run and every resume agree."""
+    if fraction <= 0 or count < 2:
+        return list(range(count)), []
+    held = max(minimum, round(count * fraction))
+    held = min(held, count - 1)
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed)).tolist()
+    val = sorted(order[:held])
+    val_set = set(val)
+    return [i for i in range(count) if i not in val_set], val

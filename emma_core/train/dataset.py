@@ -1,0 +1,137 @@
+"""The hand-made dataset format: a folder of images with same-name .txt captions.
+
+    my_dataset/
+        0001.jpg        0001.txt          "a woman in a red coat, street photo"
+        0002.png        0002.txt
+        0002_mask.png                     optional: object-centric mask (white = the object), any size
+        ...
+
+Rules (the scan reports every file it does not use, and why):
+- images: .png .jpg .jpeg .webp .bmp (any case), in the folder itself (not in sub-folders);
+- the caption is the .txt file with the image's name (UTF-8, surrounding whitespace stripped); an image
+  without one is skipped ("no caption file"); an empty caption is allowed (it trains the unconditional text);
+- `<name>_mask.png` is the image's mask, used by object / portrait modules only; it is never an image itself;
+- unreadable or tiny images are skipped when they are loaded (the cache builder records the reason).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+MASK_SUFFIX = "_mask"
+MIN_SIDE = 32
+
+
+@dataclass(frozen=True)
+class DatasetItem:
+    name: str                # the image's file name, unique within the folder
+    image: Path
+    caption: str
+    mask: Optional[Path] = None
+
+    def fingerprint(self) -> str:
+        """Changes when the image, the caption or the mask changes (size + mtime + caption text)."""
+        h = hashlib.sha256()
+        for path in (self.image, self.mask):
+            if path is not None:
+                st = path.stat()
+                h.update(f"{path.name}:{st.st_size}:{st.st_mtime_ns};".encode())
+        h.update(self.caption.encode("utf-8"))
+        return h.hexdigest()[:24]
+
+
+@dataclass
+class DatasetScan:
+    folder: Path
+    items: list[DatasetItem] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (file name, reason)
+
+    def report(self) -> str:
+        lines = [f"{len(self.items)} usable images in {self.folder}"]
+        if self.skipped:
+            lines.append(f"{len(self.skipped)} skipped:")
+            lines += [f"  {name}: {reason}" for name, reason in self.skipped]
+        return "\n".join(lines)
+
+
+def scan_dataset(folder: str | os.PathLike) -> DatasetScan:
+    folder = Path(os.path.expanduser(str(folder)))
+    if not folder.is_dir():
+        raise FileNotFoundError(f"dataset folder {folder} does not exist (expected a folder of images with "
+                                "same-name .txt captions)")
+    scan = DatasetScan(folder)
+    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    images = [p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS and not p.stem.endswith(MASK_SUFFIX)]
+    stems = {p.stem for p in images}
+    for path in images:
+        caption_path = path.with_suffix(".txt")
+        if not caption_path.is_file():
+            scan.skipped.append((path.name, f"no caption file ({caption_path.name})"))
+            continue
+        try:
+            caption = caption_path.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as error:
+            scan.skipped.append((path.name, f"caption {caption_path.name} unreadable: {error}"))
+            continue
+        mask = next((m for ext in (".png", ".PNG") if (m := path.with_name(path.stem + MASK_SUFFIX + ext)).is_file()),
+                    None)
+        scan.items.append(DatasetItem(path.name, path, caption, mask))
+    duplicates = {}
+    for item in scan.items:
+        duplicates.setdefault(Path(item.name).stem, []).append(item.name)
+    for stem, names in duplicates.items():
+        if len(names) > 1:  # 1.png and 1.jpg would share 1.txt: ambiguous, keep neither
+            scan.items = [i for i in scan.items if i.name not in names]
+            scan.skipped += [(n, f"several images share the caption {stem}.txt") for n in names]
+    for path in files:
+        if path.stem.endswith(MASK_SUFFIX) and path.suffix.lower() in IMAGE_EXTENSIONS:
+            if path.stem[: -len(MASK_SUFFIX)] not in stems:
+                scan.skipped.append((path.name, "mask without an image of that name"))
+    if not scan.items:
+        raise ValueError(f"no usable images in {folder}: " + (scan.report() if scan.skipped else
+                         f"put images ({', '.join(IMAGE_EXTENSIONS)}) with same-name .txt captions there"))
+    return scan
+
+
+def load_image(path: Path, resolution: int) -> torch.Tensor:
+    """[1, resolution, resolution, 3] float in [0, 1] (ComfyUI's IMAGE layout): the shorter side resized to
+    `resolution`, then centre-cropped. Raises ValueError for unreadable or too small images."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im).convert("RGB")
+    except (UnidentifiedImageError, OSError) as error:
+        raise ValueError(f"unreadable image: {error}") from error
+    if min(im.size) < MIN_SIDE:
+        raise ValueError(f"too small ({im.size[0]}x{im.size[1]}; at least {MIN_SIDE} px per side)")
+    return _square(im, resolution, Image.BICUBIC)
+
+
+def load_mask(path: Path, resolution: int) -> torch.Tensor:
+    """[1, resolution, resolution] float in [0, 1] (ComfyUI's MASK layout), cropped like the image."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im = im.convert("L")
+    return _square(im, resolution, Image.BILINEAR)[..., 0]
+
+
+def _square(im, resolution: int, resample) -> torch.Tensor:
+    w, h = im.size
+    scale = resolution / min(w, h)
+    size = (max(resolution, round(w * scale)), max(resolution, round(h * scale)))
+    im = im.resize(size, resample)
+    left, top = (size[0] - resolution) // 2, (size[1] - resolution) // 2
+    im = im.crop((left, top, left + resolution, top + resolution))
+    arr = np.asarray(im, dtype=np.float32) / 255.0
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    return torch.from_numpy(arr.copy())[None]

@@ -1,0 +1,199 @@
+"""Every shipped workflow in ComfyUI's real frontend, in headless Chromium.
+
+One ComfyUI server (the `comfy_server` fixture, this repo loaded as the pack) and one browser for all
+workflows. For each file in workflows/ the page loads it the way a user's drag-and-drop does
+(`app.loadGraphData`), and the test asserts:
+
+- no missing node types (every node's type is registered in LiteGraph; no "missing nodes" dialog);
+- no widget errors: after the real model names are swapped for the generated stand-ins *in the page*
+  (a test machine has no real weights), every combo widget holds one of its options;
+- queueing from the page (`app.queuePrompt`, what the Run button calls) is accepted without node errors
+  and produces an image (read back through the server's /history).
+
+A screenshot per workflow goes to .cache/screenshots/ (git-ignored).
+
+The browser is Debian's Chromium at /usr/bin/chromium (scripts/setup_env.sh installs it); playwright is
+only the driver and never downloads a browser of its own.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from devtools.run_workflow import ensure_input_images, standin_for
+from devtools.workflow_api import load_ui_workflow
+
+REPO = Path(__file__).resolve().parents[1]
+WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
+SCREENSHOTS = REPO / ".cache" / "screenshots"
+CHROMIUM = os.environ.get("EMMA_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+# A CPU run of a stand-in graph takes seconds at this size.
+SMALL = {"EmptyLatentImage": {"width": 64, "height": 64}, "KSampler": {"steps": 3}}
+# Settings a first-time user would click away (the template browser opens on first start).
+SETTINGS = {"Comfy.TutorialCompleted": True, "Comfy.Validation.Workflows": True}
+
+
+def _chromium_or_skip() -> None:
+    if Path(CHROMIUM).exists():
+        return
+    # CI runs scripts/setup_env.sh as root, which installs Debian's chromium: there a missing browser
+    # is a set-up failure, not a reason to skip.
+    if os.geteuid() == 0 or os.environ.get("CI"):
+        pytest.fail(f"{CHROMIUM} is missing: scripts/setup_env.sh installs Debian's chromium")
+    pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)")
+
+
+@pytest.fixture(scope="module")
+def page(comfy_server):
+    _chromium_or_skip()
+    playwright_api = pytest.importorskip("playwright.sync_api")
+    import urllib.request
+
+    for key, value in SETTINGS.items():
+        req = urllib.request.Request(f"{comfy_server.url}/api/settings/{key}", data=json.dumps(value).encode(),
+                                     method="POST", headers={"Content-Type": "application/json"})
+        urllib.request.urlopen(req, timeout=10).read()
+    ensure_input_images(comfy_server.input_dir, comfy_server.comfy_dir)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    profile = tempfile.mkdtemp(prefix="emma-chromium-")
+    with playwright_api.sync_playwright() as pw:
+        context = pw.chromium.launch_persistent_context(
+            profile, executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
+            viewport={"width": 1600, "height": 1000})
+        try:
+            pg = context.pages[0] if context.pages else context.new_page()
+            pg.page_errors = []
+            pg.on("pageerror", lambda exc: pg.page_errors.append(str(exc)))
+            pg.goto(comfy_server.url)
+            pg.wait_for_function(
+                "window.app && window.app.graph && window.LiteGraph && window.app.vueAppReady !== false"
+                " && Object.keys(LiteGraph.registered_node_types).length > 100", timeout=90_000)
+            registered = pg.evaluate("Object.keys(LiteGraph.registered_node_types)")
+            assert "EMMATextEncode" in registered, "the frontend did not register the pack's nodes"
+            yield pg
+        finally:
+            context.close()
+            shutil.rmtree(profile, ignore_errors=True)
+
+
+def _swaps_for(ui: dict, object_info: dict) -> dict:
+    """{node type: {widget name: {real value: stand-in}}} for the model names this server lacks, from
+    the same table the API-graph tests use (devtools.run_workflow.standin_for)."""
+    swaps: dict = {}
+    for (class_type, name), standin in standin_for().items():
+        if class_type not in object_info:
+            continue
+        spec = object_info[class_type]["input"]
+        spec = spec.get("required", {}).get(name) or spec.get("optional", {}).get(name)
+        values = spec[0] if isinstance(spec[0], list) else spec[1].get("options", [])
+        for node in ui["nodes"]:
+            if node["type"] != class_type:
+                continue
+            for real in node.get("widgets_values") or []:
+                if not isinstance(real, str) or real in values:
+                    continue
+                replacement = standin(real) if callable(standin) else standin
+                if replacement in values:
+                    swaps.setdefault(class_type, {}).setdefault(name, {})[real] = replacement
+    return swaps
+
+
+LOAD_JS = """async ([ui, name]) => {
+    document.querySelectorAll('.p-dialog-mask').forEach(d => d.remove());
+    await app.loadGraphData(ui, true, true, name);
+    await new Promise(r => setTimeout(r, 300));
+    const registered = LiteGraph.registered_node_types;
+    const nodes = app.graph.nodes.map(n => ({id: n.id, type: n.type, registered: n.type in registered,
+                                             has_errors: !!n.has_errors}));
+    const dialogs = [...document.querySelectorAll('.p-dialog')].map(d => d.innerText.slice(0, 400));
+    return {nodes, dialogs};
+}"""
+
+EDIT_JS = """([swaps, small]) => {
+    const changed = [];
+    for (const node of app.graph.nodes) {
+        for (const w of node.widgets || []) {
+            const table = (swaps[node.type] || {})[w.name];
+            if (table && w.value in table) {
+                changed.push(`${node.type}.${w.name}: ${w.value} -> ${table[w.value]}`);
+                w.value = table[w.value];
+                w.callback?.(w.value);
+            }
+            const size = (small[node.type] || {})[w.name];
+            if (size !== undefined) { w.value = size; w.callback?.(w.value); }
+        }
+    }
+    app.graph.setDirtyCanvas(true, true);
+    return changed;
+}"""
+
+CHECK_JS = """() => {
+    const errors = [];
+    for (const node of app.graph.nodes) {
+        for (const w of node.widgets || []) {
+            let values = w.options?.values;
+            if (typeof values === 'function') values = values(w, node);
+            if (w.type === 'combo' && Array.isArray(values) && !values.includes(w.value))
+                errors.push(`${node.type} #${node.id} ${w.name}=${JSON.stringify(w.value)} not in its options`);
+            if (w.type === 'number' && (typeof w.value !== 'number' || Number.isNaN(w.value)))
+                errors.push(`${node.type} #${node.id} ${w.name}=${JSON.stringify(w.value)} is not a number`);
+        }
+    }
+    return errors;
+}"""
+
+
+def test_chromium_is_debians_and_playwright_did_not_download_one():
+    _chromium_or_skip()
+    cache = Path(os.environ.get("PLAYWRIGHT_BROWSERS_PATH") or Path.home() / ".cache" / "ms-playwright")
+    # The driver is used with executable_path only; a downloaded browser would mean someone ran
+    # `playwright install`, which cannot work offline and is not what CI relies on.
+    assert not any(cache.glob("chromium*")) or os.environ.get("EMMA_ALLOW_PLAYWRIGHT_BROWSERS")
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
+def test_workflow_in_the_frontend(page, comfy_server, path):
+    t0 = time.monotonic()
+    ui = load_ui_workflow(path)
+    info = comfy_server.object_info()
+
+    loaded = page.evaluate(LOAD_JS, [ui, path.name])
+    missing = [n for n in loaded["nodes"] if not n["registered"]]
+    assert not missing, f"{path.name}: missing node types in the frontend: {missing}"
+    assert len(loaded["nodes"]) == len(ui["nodes"])
+    assert not [d for d in loaded["dialogs"] if "missing" in d.lower()], loaded["dialogs"]
+
+    swaps = _swaps_for(ui, info)
+    changed = page.evaluate(EDIT_JS, [swaps, SMALL])
+    assert changed, "a test machine has no real weights: the stand-ins must have been swapped in"
+    widget_errors = page.evaluate(CHECK_JS)
+    assert not widget_errors, f"{path.name}: widget errors: {widget_errors}"
+
+    with page.expect_response(lambda r: r.url.endswith("/api/prompt") and r.request.method == "POST",
+                              timeout=60_000) as answer:
+        page.evaluate("() => app.queuePrompt(0)")
+    body = answer.value.json()
+    assert answer.value.status == 200, f"{path.name}: the server refused the prompt: {body}"
+    assert not body.get("node_errors"), f"{path.name}: node errors: {body['node_errors']}"
+    history = comfy_server.wait(body["prompt_id"], timeout=300)
+    images = comfy_server.output_images(history)
+    assert len(images) == 1 and images[0].exists() and images[0].stat().st_size > 0
+
+    # Let the page receive the result (the preview on SaveImage), then record what the user sees.
+    page.wait_for_timeout(500)
+    page.evaluate("() => { app.canvas.ds.scale = 0.55; app.canvas.ds.offset = [40, 40]; "
+                  "app.graph.setDirtyCanvas(true, true); }")
+    page.wait_for_timeout(200)
+    shot = SCREENSHOTS / f"{path.stem}.png"
+    page.screenshot(path=str(shot))
+    assert shot.stat().st_size > 10_000
+    assert not [e for e in page.page_errors if "emma" in e.lower()], page.page_errors
+    print(f"{path.stem}: {time.monotonic() - t0:.1f} s, swapped {len(changed)}")
