@@ -47,6 +47,15 @@ OUTPUTS = {
     "ConditioningCombine": [("CONDITIONING", "CONDITIONING")],
     "SolidMask": [("MASK", "MASK")],
     "MaskComposite": [("MASK", "MASK")],
+    "CLIPVisionEncode": [("CLIP_VISION_OUTPUT", "CLIP_VISION_OUTPUT")],
+    "CLIPTextEncode": [("CONDITIONING", "CONDITIONING")],
+    "UMMLoadProjector": [("PROJECTOR", "UMM_PROJECTOR")],
+    "UMMSubjectEncode": [("h_u (subject)", "CONDITIONING"), ("h_y (text)", "CONDITIONING")],
+    "UMMGuider": [("GUIDER", "GUIDER")],
+    "RandomNoise": [("NOISE", "NOISE")],
+    "KSamplerSelect": [("SAMPLER", "SAMPLER")],
+    "BasicScheduler": [("SIGMAS", "SIGMAS")],
+    "SamplerCustomAdvanced": [("output", "LATENT"), ("denoised_output", "LATENT")],
 }
 
 # EMMA modules: no one has released any; train them with the pack's trainer (README) under these names.
@@ -57,6 +66,7 @@ CLIP_VISION_H = "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors"
 FACE_IMAGE = "emma_face.png"
 OBJECT_IMAGE = "example.png"
 STYLE_IMAGE = "example.png"
+UMM_PROJECTOR = "umm-projector-sd15-vit-h.safetensors"
 
 
 class UIWorkflow:
@@ -251,6 +261,38 @@ def emma_two_regions() -> dict:
     return w.to_json()
 
 
+def umm_subject() -> dict:
+    """UMM-Diffusion: the subject image replaces the word 'dog' in CLIP's text space; w trades subject
+    fidelity against the text."""
+    w = UIWorkflow()
+    ckpt = w.add("CheckpointLoaderSimple", [SD15_CHECKPOINT], pos=(0, 0), size=(320, 100),
+                 models=[{"name": SD15_CHECKPOINT, "directory": "checkpoints"}])
+    vision = w.add("CLIPVisionLoader", [CLIP_VISION_H], pos=(0, 150), size=(320, 60),
+                   models=[{"name": CLIP_VISION_H, "directory": "clip_vision"}])
+    image = w.add("LoadImage", [OBJECT_IMAGE, "image"], pos=(0, 260), size=(320, 320), title="Subject image")
+    encoded = w.add("CLIPVisionEncode", ["center"], {"clip_vision": (vision, 0), "image": (image, 0)},
+                    pos=(360, 260), size=(260, 80))
+    projector = w.add("UMMLoadProjector", [UMM_PROJECTOR], pos=(360, 150), size=(320, 60),
+                      models=[{"name": UMM_PROJECTOR, "directory": "umm"}])
+    subject = w.add("UMMSubjectEncode", ["a photo of a dog playing on the beach at sunset", "dog"],
+                    {"clip": (ckpt, 1), "clip_vision_output": (encoded, 0), "projector": (projector, 0)},
+                    pos=(700, 0), size=(380, 220))
+    negative = w.add("CLIPTextEncode", [""], {"clip": (ckpt, 1)}, pos=(700, 260), size=(380, 120),
+                     title="Negative (empty)")
+    guider = w.add("UMMGuider", [7.5, 0.5], {"model": (ckpt, 0), "h_u": (subject, 0), "h_y": (subject, 1),
+                                            "negative": (negative, 0)}, pos=(1120, 0), size=(300, 170))
+    noise = w.add("RandomNoise", [42, "fixed"], pos=(1120, 220), size=(300, 80))
+    sampler = w.add("KSamplerSelect", ["euler"], pos=(1120, 340), size=(300, 60))
+    sigmas = w.add("BasicScheduler", ["normal", 25, 1.0], {"model": (ckpt, 0)}, pos=(1120, 440), size=(300, 110))
+    latent = w.add("EmptyLatentImage", [512, 512, 1], pos=(1120, 600), size=(300, 110))
+    sampled = w.add("SamplerCustomAdvanced", [], {"noise": (noise, 0), "guider": (guider, 0),
+                                                  "sampler": (sampler, 0), "sigmas": (sigmas, 0),
+                                                  "latent_image": (latent, 0)}, pos=(1460, 0), size=(300, 120))
+    decoded = w.add("VAEDecode", [], {"samples": (sampled, 0), "vae": (ckpt, 2)}, pos=(1800, 0), size=(220, 50))
+    w.add("SaveImage", ["EMMA/umm_subject"], {"images": (decoded, 0)}, pos=(1800, 100), size=(400, 450))
+    return w.to_json()
+
+
 WORKFLOWS = {
     "ella_text_to_image.json": ella_text_to_image,
     "ella_controlnet.json": ella_controlnet,
@@ -260,6 +302,7 @@ WORKFLOWS = {
     "emma_text_face_object.json": emma_text_face_object,
     "emma_assembled_controlnet.json": emma_assembled_controlnet,
     "emma_two_regions.json": emma_two_regions,
+    "umm_subject.json": umm_subject,
 }
 
 

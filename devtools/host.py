@@ -62,6 +62,8 @@ MODEL_FOLDERS: dict[str, list[str]] = {
     "insightface": ["insightface"],
     "ella": ["ella"],
     "emma": ["emma"],
+    "emma_features": ["emma_features"],
+    "umm": ["umm"],
 }
 
 

@@ -26,6 +26,7 @@ def standin_for() -> dict[tuple[str, str], object]:
         ("ControlNetLoader", "control_net_name"): names["controlnet"],
         ("CLIPVisionLoader", "clip_name"): names["clip_vision"],
         ("EMMALoadModule", "module_name"): module_for,
+        ("UMMLoadProjector", "projector_name"): names["umm"],
     }
 
 
@@ -78,6 +79,6 @@ def prepare(ui_path: Path, object_info: dict, *, small: bool | None = None, step
     for node in graph.values():
         if small and node["class_type"] == "EmptyLatentImage":
             node["inputs"].update(width=64, height=64)
-        if node["class_type"] == "KSampler" and (small or steps):
+        if node["class_type"] in ("KSampler", "BasicScheduler") and (small or steps):
             node["inputs"]["steps"] = steps or 3
     return PreparedGraph(graph, used)

@@ -37,6 +37,7 @@ T5 = "emma-standin-flan-t5-tiny.safetensors"
 ELLA = "emma-standin-ella-sd1.5-tsc-t5xl.safetensors"
 CLIP_VISION = "emma-standin-clip-vit-h.safetensors"
 # EMMA modules: nobody has released any, so these stand in for what the trainer produces.
+UMM_PROJECTOR = "emma-standin-umm-projector.safetensors"
 EMMA_MODULES = {"face": "emma-standin-face.safetensors", "object": "emma-standin-object.safetensors",
                 "style": "emma-standin-style.safetensors"}
 
@@ -279,6 +280,16 @@ def build_emma_module(path: Path, modality: str, seed: int) -> None:
     save_module(module, str(path), dtype=torch.float16)
 
 
+def build_umm_projector(path: Path, seed: int = SEED + 20) -> None:
+    repo_root = str(Path(__file__).resolve().parents[1])
+    if repo_root not in sys.path:
+        sys.path.insert(0, repo_root)
+    from emma_core.umm import UMMProjector, save_projector
+
+    with seeded(seed):
+        save_projector(UMMProjector(), str(path))
+
+
 # ----------------------------------------------------------------------------------------- entry point
 def _plan(models_root: Path) -> list[tuple[list[Path], Callable[[], None]]]:
     r = models_root
@@ -292,6 +303,7 @@ def _plan(models_root: Path) -> list[tuple[list[Path], Callable[[], None]]]:
         ([r / "clip_vision" / CLIP_VISION], lambda: build_clip_vision_h(r / "clip_vision" / CLIP_VISION)),
         *[([r / "emma" / name], lambda m=modality, n=name, i=i: build_emma_module(r / "emma" / n, m, SEED + 10 + i))
           for i, (modality, name) in enumerate(EMMA_MODULES.items())],
+        ([r / "umm" / UMM_PROJECTOR], lambda: build_umm_projector(r / "umm" / UMM_PROJECTOR)),
         ([r / "insightface" / "models" / "antelopev2" / "glintr100.onnx"],
          lambda: __import__("devtools.face_packs", fromlist=["x"]).ensure_face_packs(r / "insightface")),
     ]
@@ -307,6 +319,7 @@ def standin_names() -> dict[str, object]:
         "clip_vision": CLIP_VISION,
         "emma": dict(EMMA_MODULES),
         "insightface": "antelopev2",
+        "umm": UMM_PROJECTOR,
     }
 
 

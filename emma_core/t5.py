@@ -159,6 +159,9 @@ class T5TextEncoder:
             enc = self.tokenizer(text, return_tensors="pt")  # EOS appended, no BOS, no padding
         return enc.input_ids, enc.attention_mask
 
+    def cached(self, text: str, fixed_length: Optional[int] = None) -> bool:
+        return (text, fixed_length) in self._cache
+
     @torch.no_grad()
     def encode(self, text: str, fixed_length: Optional[int] = None) -> torch.Tensor:
         """[N, width] features; N = true token count (flexible) or fixed_length (padded, as trained)."""

@@ -3,7 +3,7 @@ from typing_extensions import override
 
 from comfy_api.latest import ComfyExtension, io
 
-from . import ella_nodes, emma_nodes, folders
+from . import ella_nodes, emma_nodes, folders, umm_nodes
 
 folders.register_folders()
 
@@ -11,7 +11,7 @@ folders.register_folders()
 class EMMAExtension(ComfyExtension):
     @override
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [*ella_nodes.NODES, *emma_nodes.NODES]
+        return [*ella_nodes.NODES, *emma_nodes.NODES, *umm_nodes.NODES]
 
 
 async def comfy_entrypoint() -> EMMAExtension:

@@ -7,7 +7,8 @@ import folder_paths
 
 SAFETENSORS = {".safetensors"}
 # folder name -> default location under ComfyUI's models dir
-PACK_FOLDERS = {"ella": "ella", "emma": "emma", "emma_features": "emma_features", "insightface": "insightface"}
+PACK_FOLDERS = {"ella": "ella", "emma": "emma", "emma_features": "emma_features", "insightface": "insightface",
+                "umm": "umm"}
 
 
 def register_folders() -> None:

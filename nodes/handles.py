@@ -38,8 +38,25 @@ class T5Handle:
     patcher: comfy.model_patcher.ModelPatcher
 
     def encode(self, text: str, fixed_length):
+        if self.encoder.cached(text, fixed_length):
+            return self.encoder.encode(text, fixed_length)  # a repeated prompt never touches T5
         mm.load_model_gpu(self.patcher)
-        return self.encoder.encode(text, fixed_length)
+        try:
+            return self.encoder.encode(text, fixed_length)
+        finally:
+            release_from_device(self.patcher)
+
+
+def release_from_device(patcher) -> None:
+    """Move a model back to its offload device now. T5 (2.3 GB in fp16) is needed only while encoding;
+    ComfyUI would keep it on the GPU until the UNet ran short of memory."""
+    if patcher.load_device == patcher.offload_device:
+        return
+    for index in range(len(mm.current_loaded_models) - 1, -1, -1):
+        loaded = mm.current_loaded_models[index]
+        if loaded.model is patcher and loaded.model_unload():
+            mm.current_loaded_models.pop(index)
+    mm.soft_empty_cache()
 
 
 class _Holder(torch.nn.Module):

@@ -30,7 +30,10 @@ from devtools.run_workflow import ensure_input_images, standin_for
 from devtools.workflow_api import load_ui_workflow
 
 REPO = Path(__file__).resolve().parents[1]
-WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
+# Heavier loaders stay in ComfyUI's cache between consecutive prompts: keep workflows that share them
+# together (CLIP vision ViT-H is real size), then by name.
+WORKFLOWS = sorted((REPO / "workflows").glob("*.json"),
+                   key=lambda p: ('"CLIPVisionLoader"' in p.read_text(), p.name))
 SCREENSHOTS = REPO / ".cache" / "screenshots"
 CHROMIUM = os.environ.get("EMMA_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -67,7 +70,7 @@ def page(comfy_server):
     with playwright_api.sync_playwright() as pw:
         context = pw.chromium.launch_persistent_context(
             profile, executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
-            viewport={"width": 1600, "height": 1000})
+            viewport={"width": 1920, "height": 1200})
         try:
             pg = context.pages[0] if context.pages else context.new_page()
             pg.page_errors = []
@@ -108,13 +111,16 @@ def _swaps_for(ui: dict, object_info: dict) -> dict:
 
 LOAD_JS = """async ([ui, name]) => {
     document.querySelectorAll('.p-dialog-mask').forEach(d => d.remove());
+    document.querySelectorAll('.p-toast-close-button').forEach(b => b.click());
+    await new Promise(r => setTimeout(r, 100));
     await app.loadGraphData(ui, true, true, name);
-    await new Promise(r => setTimeout(r, 300));
+    await new Promise(r => setTimeout(r, 500));
+    const toasts = [...document.querySelectorAll('.p-toast-message')].map(t => t.innerText.slice(0, 600));
     const registered = LiteGraph.registered_node_types;
     const nodes = app.graph.nodes.map(n => ({id: n.id, type: n.type, registered: n.type in registered,
                                              has_errors: !!n.has_errors}));
     const dialogs = [...document.querySelectorAll('.p-dialog')].map(d => d.innerText.slice(0, 400));
-    return {nodes, dialogs};
+    return {nodes, dialogs, toasts};
 }"""
 
 EDIT_JS = """([swaps, small]) => {
@@ -170,6 +176,11 @@ def test_workflow_in_the_frontend(page, comfy_server, path):
     assert not missing, f"{path.name}: missing node types in the frontend: {missing}"
     assert len(loaded["nodes"]) == len(ui["nodes"])
     assert not [d for d in loaded["dialogs"] if "missing" in d.lower()], loaded["dialogs"]
+    # The frontend validates every loaded workflow against its schema (zod) and shows an alert per
+    # problem, e.g. a `properties.models` entry without a `url`, or `"id": null`.
+    alerts = [t for t in loaded["toasts"] if "invalid" in t.lower() or "error" in t.lower()]
+    assert not alerts, f"{path.name}: the frontend reports: {alerts}"
+    assert not [n for n in loaded["nodes"] if n["has_errors"]], loaded["nodes"]
 
     swaps = _swaps_for(ui, info)
     changed = page.evaluate(EDIT_JS, [swaps, SMALL])
@@ -189,8 +200,14 @@ def test_workflow_in_the_frontend(page, comfy_server, path):
 
     # Let the page receive the result (the preview on SaveImage), then record what the user sees.
     page.wait_for_timeout(500)
-    page.evaluate("() => { app.canvas.ds.scale = 0.55; app.canvas.ds.offset = [40, 40]; "
-                  "app.graph.setDirtyCanvas(true, true); }")
+    page.evaluate("""() => {
+        document.querySelectorAll('.p-toast-close-button').forEach(b => b.click());
+        const xs = app.graph.nodes.map(n => n.pos[0] + n.size[0]), ys = app.graph.nodes.map(n => n.pos[1] + n.size[1]);
+        const w = Math.max(...xs), h = Math.max(...ys);
+        const scale = Math.max(0.62, Math.min(1.0, (window.innerWidth - 120) / w, (window.innerHeight - 160) / h));
+        app.canvas.ds.scale = scale; app.canvas.ds.offset = [60, 60];
+        app.graph.setDirtyCanvas(true, true);
+    }""")
     page.wait_for_timeout(200)
     shot = SCREENSHOTS / f"{path.stem}.png"
     page.screenshot(path=str(shot))

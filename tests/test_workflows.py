@@ -13,14 +13,14 @@ REPO = Path(__file__).resolve().parents[1]
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
 PACK_NODES = {"EMMALoadELLA", "EMMALoadT5", "EMMATextEncode", "EMMAApplyToModel", "EMMALoadModule",
               "EMMAFaceFeatures", "EMMAImageFeatures", "EMMASaveFeatures", "EMMALoadFeatures", "EMMACondition",
-              "EMMAAssemble"}
+              "EMMAAssemble", "UMMLoadProjector", "UMMSubjectEncode", "UMMGuider"}
 
 
 def test_there_are_workflows():
     assert {p.name for p in WORKFLOWS} >= {
         "ella_text_to_image.json", "ella_controlnet.json", "emma_text_face.json", "emma_text_object.json",
         "emma_text_style.json", "emma_text_face_object.json", "emma_assembled_controlnet.json",
-        "emma_two_regions.json"}
+        "emma_two_regions.json", "umm_subject.json"}
 
 
 def test_pack_nodes_are_served(comfy_server):

@@ -1,0 +1,721 @@
+#!/usr/bin/env python
+"""Sampling-cost benchmark of ELLA / EMMA in a real ComfyUI, at real model sizes with random weights.
+
+    .venv/bin/python scripts/bench_sampling.py [--steps N] [--size 512] [--repeats R] [--device auto]
+                                               [--out docs/bench/sampling-cpu.json]
+
+Not a test: it builds real-size models (SD1.5 UNet through ComfyUI's own loader, ELLA, three EMMA modules,
+flan-t5-xl, CLIP ViT-H) with random weights (a random weight costs what a trained one costs) and reports,
+from one run on this machine:
+
+1. per-step sampling time of ELLA text, and of text + face + object assembled, divided by plain SD1.5 CLIP
+   conditioning (same KSampler, euler, cfg 7, seed, steps, size); configurations interleaved A B C A B C ...
+   so machine noise hits all alike; medians and ratios from the same run. Beside them the FLOP floor:
+   the connector's own FLOPs per model call over the UNet's (torch.utils.flop_counter).
+2. T5 encode time of a 3-sentence prompt, and the repeated prompt (a cache hit: no T5 forward at all).
+3. peak memory during sampling with and without the pack, and whether T5 is resident on the compute device
+   during sampling.
+4. face (InsightFace) and CLIP vision feature extraction time per image.
+
+See docs/performance.md for the method and the recorded results.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import importlib
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_MODELS = REPO_ROOT / ".cache" / "test-models"
+
+PROMPT = ("A weathered lighthouse keeper stands on a rocky shore at dusk, holding a brass lantern. "
+          "Behind him the sea is grey and restless, and gulls circle the tower's red and white stripes. "
+          "The scene is painted in the loose, warm brushwork of a nineteenth-century oil study.")
+
+# SD1.5's UNet, exactly as ComfyUI's model detection describes it (comfy/model_detection.py, SD15).
+SD15_UNET = dict(
+    image_size=32, in_channels=4, out_channels=4, model_channels=320, num_res_blocks=[2, 2, 2, 2],
+    channel_mult=[1, 2, 4, 4], transformer_depth=[1, 1, 1, 1, 1, 1, 0, 0], transformer_depth_middle=1,
+    transformer_depth_output=[1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0], num_heads=8, context_dim=768,
+    use_spatial_transformer=True, use_linear_in_transformer=False, legacy=False, adm_in_channels=None,
+    use_checkpoint=False, use_temporal_attention=False, use_temporal_resblock=False,
+)
+
+# google/flan-t5-xl's encoder (1.22 B parameters).
+FLAN_T5_XL = dict(
+    vocab_size=32128, d_model=2048, d_kv=64, num_heads=32, d_ff=5120, num_layers=24,
+    feed_forward_proj="gated-gelu", relative_attention_num_buckets=32, relative_attention_max_distance=128,
+    layer_norm_epsilon=1e-6, is_encoder_decoder=False, use_cache=False, tie_word_embeddings=False,
+)
+
+
+# ------------------------------------------------------------------------------------------------ FLOPs
+def _sdpa_flop(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    from torch.utils.flop_counter import sdpa_flop_count
+
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+def _attention_mapping() -> dict:
+    """torch's flop counter knows the CUDA SDPA kernels but not the CPU one: without this, every attention
+    product on the CPU (nn.MultiheadAttention, ComfyUI's pytorch attention) would count as 0 FLOPs."""
+    from torch.utils.flop_counter import shape_wrapper
+
+    mapping = {}
+    op = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    if op is not None:
+        mapping[op] = shape_wrapper(_sdpa_flop)
+    return mapping
+
+
+def count_flops(fn: Callable[[], object]) -> int:
+    """Matmul, convolution and attention FLOPs (2 per multiply-add) of one call of fn; elementwise work
+    (norms, activations, adds) is not counted, as usual."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False, custom_mapping=_attention_mapping()) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+def ella_flops_analytic(config, text_tokens: int, rows: int = 1) -> int:
+    """ELLA's connector FLOPs for one call (one timestep for all rows), written out from emma_core/ella.py:
+    the time embedding and the AdaLN/time-aware linears run once per timestep row (one token), the rest on
+    `rows` rows of 64 latents and `text_tokens` T5 tokens."""
+    w, te, tc, latents, n = config.width, config.time_embed_dim, config.time_channels, config.num_latents, text_tokens
+    once = 2 * tc * te + 2 * te * te + 2 * te * w  # time embedding + time_aware_linear (1 timestep row)
+    once += config.layers * 3 * 2 * te * (2 * w)  # ln_1, ln_2, ln_ff linears of every block
+    per_row = 2 * n * config.input_dim * w  # proj_in
+    kv = latents + n
+    block = 2 * latents * w * w + 2 * 2 * kv * w * w  # q, k, v in-projections
+    block += 2 * 2 * latents * kv * w  # q.k and attn.v
+    block += 2 * latents * w * w  # out projection
+    block += 2 * 2 * latents * w * 4 * w  # squared-ReLU MLP
+    per_row += config.layers * block
+    return once + rows * per_row
+
+
+def flop_floor(connector_flops: int, unet_flops: int) -> float:
+    """The least overhead the pack can add per model call: its own FLOPs over the UNet's (same call)."""
+    if unet_flops <= 0:
+        raise ValueError("UNet FLOPs must be positive")
+    return connector_flops / unet_flops
+
+
+# ------------------------------------------------------------------------------------------- memory
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _hwm_bytes() -> Optional[int]:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def _reset_hwm() -> bool:
+    try:  # Linux: "5" resets the peak resident set size (VmHWM) to the current RSS
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+class PeakMemory:
+    """Peak memory of a region. CUDA: torch.cuda.max_memory_allocated. CPU: the process RSS, sampled by a
+    background thread every 10 ms, and the kernel's own peak (VmHWM, reset at entry) when available."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.result: dict = {}
+
+    def __enter__(self):
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._base = torch.cuda.memory_allocated(self.device)
+            return self
+        self._base = _rss_bytes()
+        self._hwm_ok = _reset_hwm()
+        self._peak = self._base
+        self._stop = threading.Event()
+
+        def sample():
+            while not self._stop.wait(0.01):
+                self._peak = max(self._peak, _rss_bytes())
+
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            peak = torch.cuda.max_memory_allocated(self.device)
+            self.result = dict(kind="cuda max_memory_allocated", baseline=self._base, peak=peak,
+                               delta=peak - self._base)
+            return False
+        self._stop.set()
+        self._thread.join()
+        peak = max(self._peak, _rss_bytes())
+        hwm = _hwm_bytes() if self._hwm_ok else None
+        if hwm is not None:
+            peak = max(peak, hwm)
+        self.result = dict(kind="process RSS (VmHWM reset + 10 ms sampling)" if hwm is not None
+                           else "process RSS (10 ms sampling)", baseline=self._base, peak=peak,
+                           delta=peak - self._base)
+        return False
+
+
+# ------------------------------------------------------------------------------------------- helpers
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def machine_info(device: torch.device) -> dict:
+    cpu = platform.processor() or "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    mem = None
+    try:
+        with open("/proc/meminfo") as f:
+            mem = int(f.readline().split()[1]) * 1024
+    except OSError:
+        pass
+    info = dict(cpu=cpu, logical_cpus=os.cpu_count(), torch_threads=torch.get_num_threads(),
+                memory_bytes=mem, python=platform.python_version(), torch=torch.__version__,
+                platform=platform.platform(), device=str(device),
+                date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                load_average_at_start=list(os.getloadavg()))
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def fill_random_(module: torch.nn.Module, seed: int, embed_std: float = 1.0, device="cpu") -> torch.nn.Module:
+    """Materialise a meta-device module with random weights, tensor by tensor (fast, deterministic):
+    norms 1, biases 0, embeddings N(0, embed_std), other weights N(0, 1/fan_in) with fan_in = every axis
+    but the first (so convolutions and linears keep activations O(1) through a deep stack)."""
+    gen = torch.Generator().manual_seed(seed)
+    state = {}
+    for name, meta in module.state_dict(keep_vars=True).items():
+        leaf = name.rsplit(".", 1)[-1]
+        shape = meta.shape
+        if not meta.is_floating_point():
+            state[name] = torch.zeros(shape, dtype=meta.dtype)
+        elif leaf == "bias":
+            state[name] = torch.zeros(shape)
+        elif ("norm" in name or "layer_norm" in name) and len(shape) == 1:
+            state[name] = torch.ones(shape)
+        elif "embed" in name or "shared" in name or "relative_attention_bias" in name:
+            state[name] = torch.randn(shape, generator=gen).mul_(embed_std)
+        elif len(shape) >= 2:
+            state[name] = torch.randn(shape, generator=gen).mul_(math.prod(shape[1:]) ** -0.5)
+        else:
+            state[name] = torch.randn(shape, generator=gen).mul_(0.02)
+    return state
+
+
+def median(values):
+    return statistics.median(values) if values else None
+
+
+def fmt_s(v):
+    return "-" if v is None else (f"{v * 1000:.1f} ms" if v < 1 else f"{v:.2f} s")
+
+
+def fmt_gb(v):
+    return "-" if v is None else f"{v / 2**30:.2f} GiB"
+
+
+# ------------------------------------------------------------------------------------------- the bench
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.results: dict = {}
+
+    # ---- setup -----------------------------------------------------------------------------------
+    def setup_comfy(self):
+        if str(REPO_ROOT) not in sys.path:
+            sys.path.insert(0, str(REPO_ROOT))
+        from devtools.host import import_comfy, load_pack_in_process
+        from devtools.standins import ensure_standins
+
+        requested = self.args.device
+        if requested == "auto":
+            requested = "cuda" if torch.cuda.is_available() else "cpu"
+        t0 = time.perf_counter()
+        mods = import_comfy() if requested == "cpu" else self._import_comfy_gpu()
+        self.standins = ensure_standins(self.args.models_root, verbose=True)
+        load_pack_in_process(self.args.models_root)
+        self.nodes = mods["nodes"]
+        self.mm = mods["model_management"]
+        self.m = self.nodes.NODE_CLASS_MAPPINGS
+        self.device = self.mm.get_torch_device()
+        pkg = self.m["EMMALoadELLA"].__module__.rsplit(".nodes.", 1)[0]
+        self.pack = lambda sub: importlib.import_module(f"{pkg}.{sub}")
+        import comfy.utils
+
+        comfy.utils.PROGRESS_BAR_ENABLED = False
+        log(f"ComfyUI imported, pack loaded in {time.perf_counter() - t0:.1f} s; compute device {self.device}")
+
+    def _import_comfy_gpu(self):
+        """host.import_comfy sets args.cpu = True before comfy.model_management picks its device (at import,
+        the only place ComfyUI reads the flag): import model_management first, with the flag off."""
+        from devtools import host
+
+        comfy_dir = host.provision()
+        sys.path.insert(0, str(comfy_dir))
+        import comfy.cli_args
+
+        comfy.cli_args.args.cpu = False
+        import comfy.model_management  # noqa: F401  (device chosen here: the GPU)
+
+        mods = host.import_comfy(comfy_dir)
+        comfy.cli_args.args.cpu = False
+        return mods
+
+    def build_unet(self):
+        import comfy.sd
+        from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+
+        t0 = time.perf_counter()
+        with torch.device("meta"):
+            skeleton = UNetModel(**SD15_UNET)
+        sd = fill_random_(skeleton, seed=1)
+        del skeleton
+        params = sum(v.numel() for v in sd.values())
+        t1 = time.perf_counter()
+        model = comfy.sd.load_diffusion_model_state_dict(sd)
+        del sd
+        gc.collect()
+        detected = type(model.model.model_config).__name__
+        if detected != "SD15":
+            raise RuntimeError(f"ComfyUI detected the random UNet as {detected}, not SD15")
+        self.unet = model
+        import comfy.ldm.modules.attention as attention
+
+        self.results["unet"] = dict(params=params, detected_as=detected, dtype=str(model.model.get_dtype()),
+                                    attention=attention.optimized_attention.__name__,
+                                    build_s=t1 - t0, load_s=time.perf_counter() - t1)
+        log(f"SD1.5 UNet: {params / 1e6:.1f} M params, detected {detected}, {model.model.get_dtype()}, "
+            f"attention {attention.optimized_attention.__name__} ({time.perf_counter() - t0:.1f} s)")
+
+    def load_pack_models(self):
+        t0 = time.perf_counter()
+        self.ella = self.m["EMMALoadELLA"].execute(self.standins["ella"]).result[0]
+        self.modules = {k: self.m["EMMALoadModule"].execute(v).result[0] for k, v in self.standins["emma"].items()}
+        gates = {k: [float(torch.tanh(b.global_gate_attn)) for b in h.module.branch] for k, h in self.modules.items()}
+        if any(g == 0.0 for v in gates.values() for g in v):
+            raise RuntimeError(f"an EMMA stand-in has a zero global gate (an exact no-op branch): {gates}")
+        self.results["pack_models"] = dict(
+            ella_params=sum(p.numel() for p in self.ella.connector.parameters()),
+            emma_params={k: sum(p.numel() for p in h.module.parameters()) for k, h in self.modules.items()},
+            emma_tokens={k: h.module.config.num_tokens for k, h in self.modules.items()},
+            dtype=str(next(self.ella.connector.parameters()).dtype))
+        log(f"ELLA + EMMA modules loaded through the pack's loaders ({time.perf_counter() - t0:.1f} s): "
+            f"{self.results['pack_models']}")
+
+    # ---- features ---------------------------------------------------------------------------------
+    def features(self):
+        import numpy as np
+        from skimage import data
+
+        image = torch.from_numpy(np.asarray(data.astronaut())).float().div(255).unsqueeze(0)  # [1,512,512,3]
+        reps = self.args.feature_repeats
+        face_cls = self.m["EMMAFaceFeatures"]
+        face_mod = self.pack("emma_core.face")
+        provider = "cuda" if self.device.type == "cuda" else "cpu"
+        t0 = time.perf_counter()
+        face_mod.cached_analyzer(os.path.join(self.args.models_root, "insightface"), "antelopev2", provider, 640, 0.5)
+        face_load = time.perf_counter() - t0
+        times = []
+        for _ in range(reps + 1):
+            t0 = time.perf_counter()
+            face, _aligned = face_cls.execute(image, "antelopev2", -1, 640, provider).result
+            times.append(time.perf_counter() - t0)
+        self.face = face
+        emb = face.tensors["embedding"]
+        log(f"face features: {fmt_s(median(times[1:]))}/image (first {fmt_s(times[0])}), embedding "
+            f"{tuple(emb.shape)} norm {float(emb.norm()):.3f}")
+
+        t0 = time.perf_counter()
+        vision = self.m["CLIPVisionLoader"]().load_clip(self.standins["clip_vision"])[0]
+        clip_load = time.perf_counter() - t0
+        clip_params = sum(p.numel() for p in vision.model.parameters())
+        ctimes = []
+        with torch.inference_mode():
+            for _ in range(reps + 1):
+                t0 = time.perf_counter()
+                obj = self.m["EMMAImageFeatures"].execute(vision, image, "object / portrait", "center").result[0]
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize()
+                ctimes.append(time.perf_counter() - t0)
+        self.obj = obj
+        shapes = {k: list(v.shape) for k, v in obj.tensors.items()}
+        log(f"CLIP ViT-H image features: {fmt_s(median(ctimes[1:]))}/image (first {fmt_s(ctimes[0])}), "
+            f"{clip_params / 1e6:.0f} M params, {shapes}")
+        self.results["features"] = dict(
+            image="skimage.data.astronaut() 512x512", repeats=reps,
+            face=dict(pack="antelopev2 (devtools/face_packs stand-in)", provider=provider, det_size=640,
+                      analyzer_load_s=face_load, first_s=times[0], per_image_s=median(times[1:]),
+                      all_s=times[1:], embedding_shape=list(emb.shape), embedding_norm=float(emb.norm())),
+            clip_vision=dict(file=self.standins["clip_vision"], params=clip_params, load_s=clip_load,
+                             dtype=str(next(vision.model.parameters()).dtype),
+                             first_s=ctimes[0], per_image_s=median(ctimes[1:]), all_s=ctimes[1:], shapes=shapes))
+        self.mm.unload_all_models()
+        del vision
+        gc.collect()
+
+    # ---- T5 ---------------------------------------------------------------------------------------
+    def t5(self):
+        from transformers import T5Config, T5EncoderModel
+
+        import comfy.model_patcher
+
+        t5mod = self.pack("emma_core.t5")
+        handles = self.pack("nodes.handles")
+        ella_nodes = self.pack("nodes.ella_nodes")
+        t0 = time.perf_counter()
+        config = T5Config(**FLAN_T5_XL)
+        with torch.device("meta"):
+            model = T5EncoderModel(config)
+        state = fill_random_(model, seed=5, embed_std=1.0)
+        state.pop("encoder.embed_tokens.weight", None)
+        model.load_state_dict(state, strict=False, assign=True)
+        del state
+        if hasattr(model, "tie_weights"):
+            model.tie_weights()
+        text_device = self.mm.text_encoder_device()
+        dtype, _ = t5mod.compute_dtype(text_device, "auto")
+        model = model.to(dtype=dtype).eval().requires_grad_(False)
+        params = sum(p.numel() for p in model.parameters())
+        encoder = t5mod.T5TextEncoder(model, t5mod.load_tokenizer(ella_nodes.TOKENIZER_DIR))
+        patcher = comfy.model_patcher.ModelPatcher(handles._Holder(model), text_device,
+                                                   self.mm.text_encoder_offload_device())
+        self.t5_handle = handles.T5Handle("flan-t5-xl (random, real size)", encoder, patcher)
+        build_s = time.perf_counter() - t0
+        log(f"flan-t5-xl encoder: {params / 1e9:.3f} B params, {dtype}, built in {build_s:.1f} s; "
+            f"load device {patcher.load_device}, offload device {patcher.offload_device}")
+
+        forwards = [0]
+        hook = model.register_forward_pre_hook(lambda *a: forwards.__setitem__(0, forwards[0] + 1))
+        try:
+            tokens = encoder.token_ids(PROMPT)[0].shape[1]
+            sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
+            t0 = time.perf_counter()
+            first = self.t5_handle.encode(PROMPT, None)
+            sync()
+            first_s = time.perf_counter() - t0
+            hits0, fw0 = encoder.cache_hits, forwards[0]
+            t0 = time.perf_counter()
+            again = self.t5_handle.encode(PROMPT, None)
+            repeat_s = time.perf_counter() - t0
+            hit = encoder.cache_hits == hits0 + 1 and forwards[0] == fw0
+            # The same through the node the graph uses (a third lookup of the same prompt: another hit).
+            t0 = time.perf_counter()
+            self.positive = self.m["EMMATextEncode"].execute(self.ella, self.t5_handle, PROMPT, "flexible").result[0]
+            node_repeat_s = time.perf_counter() - t0
+            node_hit = forwards[0] == fw0
+            self.negative = self.m["EMMATextEncode"].execute(self.ella, self.t5_handle, "", "flexible").result[0]
+        finally:
+            hook.remove()
+        if not torch.isfinite(first).all():
+            raise RuntimeError("random T5 gave non-finite features")
+        assert torch.equal(first, again)
+        on_device = self._t5_resident()
+        self.results["t5"] = dict(
+            params=params, dtype=str(dtype), build_s=build_s, prompt=PROMPT, prompt_tokens=tokens,
+            first_encode_s=first_s, repeated_encode_s=repeat_s, repeated_cache_hit=hit,
+            repeated_t5_forwards=forwards[0] - fw0 if node_hit else None,
+            node_repeated_encode_s=node_repeat_s, node_repeated_cache_hit=node_hit,
+            cache_hits_total=encoder.cache_hits, t5_forward_calls_total=forwards[0],
+            load_device=str(patcher.load_device), offload_device=str(patcher.offload_device),
+            after_encode=on_device)
+        log(f"T5 encode: first {fmt_s(first_s)} ({tokens} tokens), repeated {fmt_s(repeat_s)} "
+            f"(cache hit: {hit}, T5 forwards on repeat: {forwards[0] - fw0}); through the node "
+            f"{fmt_s(node_repeat_s)} (hit: {node_hit}); after encode: {on_device}")
+
+    def _t5_resident(self) -> dict:
+        patcher = self.t5_handle.patcher
+        listed = any(lm.model is patcher for lm in self.mm.current_loaded_models)
+        param = next(self.t5_handle.encoder.model.parameters())
+        separate = patcher.load_device != patcher.offload_device
+        return dict(in_current_loaded_models=listed, weights_device=str(param.device),
+                    separate_compute_device=separate,
+                    resident_on_compute_device=(param.device.type == torch.device(patcher.load_device).type)
+                    if separate else None)
+
+    # ---- conditioning -----------------------------------------------------------------------------
+    def conditioning(self):
+        gen = torch.Generator().manual_seed(3)
+        # What CLIPTextEncode gives for SD1.5: [[tokens [1, 77, 768], {"pooled_output": [1, 768]}]]
+        plain_pos = [[torch.randn(1, 77, 768, generator=gen), {"pooled_output": torch.randn(1, 768, generator=gen)}]]
+        plain_neg = [[torch.randn(1, 77, 768, generator=gen), {"pooled_output": torch.randn(1, 768, generator=gen)}]]
+        applied = self.m["EMMAApplyToModel"].execute(self.unet).result[0]
+        cond = self.m["EMMACondition"].execute(self.modules["face"], self.face, 1.0, 0.0, 1.0).result[0]
+        cond = self.m["EMMACondition"].execute(self.modules["object"], self.obj, 1.0, 0.0, 1.0, cond).result[0]
+        pos_asm, neg_asm = self.m["EMMAAssemble"].execute(self.positive, self.negative, cond, False).result
+        self.configs = {
+            "clip": dict(label="plain SD1.5 CLIP conditioning", model=self.unet, positive=plain_pos, negative=plain_neg),
+            "ella": dict(label="ELLA text", model=applied, positive=self.positive, negative=self.negative),
+            "assembled": dict(label="ELLA text + face + object assembled", model=applied, positive=pos_asm,
+                              negative=neg_asm),
+        }
+        # The style module is loaded (three branches exist) but only face + object join the sampled prompt;
+        # its per-call FLOPs are reported in the floor table.
+        cond3 = self.m["EMMACondition"].execute(self.modules["style"], self.obj.__class__(
+            "style", {"embeds": self.obj.tensors["embeds"]}), 1.0, 0.0, 1.0, cond).result[0]
+        self.pos_three = self.m["EMMAAssemble"].execute(self.positive, self.negative, cond3, False).result[0]
+
+    # ---- FLOPs ------------------------------------------------------------------------------------
+    def flops(self):
+        """Per model call (one sampler step with euler = one call, cond + uncond batched as 2 rows)."""
+        connector = self.ella.connector
+        t = torch.tensor([500.0])
+
+        def context(cond):
+            prompt = cond[0][1][self.pack("nodes.sampling").PROMPT_KEY]
+            prompt.context(connector, t.to(self.device))  # warm the condition-token cache (once per prompt)
+            return lambda: prompt.context(connector, t.to(self.device))
+
+        with torch.inference_mode():
+            self.mm.load_models_gpu([self.ella.patcher] + [h.patcher for h in self.modules.values()])
+            pos_text = count_flops(context(self.positive))
+            neg_text = count_flops(context(self.negative))
+            pos_asm = count_flops(context(self.configs["assembled"]["positive"]))
+            pos_three = count_flops(context(self.pos_three))
+            prompt_obj = self.configs["assembled"]["positive"][0][1][self.pack("nodes.sampling").PROMPT_KEY]
+            adapters = sum(count_flops(lambda c=c: c.module.condition_tokens(
+                type(c.features)(c.features.kind, {k: v.to(self.device) for k, v in c.features.tensors.items()})))
+                for c in prompt_obj.conditions)
+            unet = {}
+            size = self.args.size // 8
+            self.mm.load_models_gpu([self.unet])
+            inner = self.unet.model
+            for tokens in (77, 64):
+                x = torch.randn(2, 4, size, size, device=self.device, dtype=inner.get_dtype())
+                ctx = torch.randn(2, tokens, 768, device=self.device, dtype=inner.get_dtype())
+                ts = torch.tensor([500.0, 500.0], device=self.device)
+                unet[tokens] = count_flops(lambda: inner.diffusion_model(x, ts, context=ctx))
+        text_tokens = self.positive[0][1][self.pack("nodes.sampling").PROMPT_KEY].length
+        analytic = ella_flops_analytic(connector.config, text_tokens)
+        per_call = dict(ella_text=pos_text + neg_text, assembled=pos_asm + neg_text,
+                        three_branches=pos_three + neg_text)
+        self.results["flops"] = dict(
+            note="matmul/conv/attention FLOPs per model call (2 per multiply-add); batch 2 = cond + uncond; "
+                 "the connector runs once per conditioning entry per call (positive, negative)",
+            unet_call_ctx77=unet[77], unet_call_ctx64=unet[64],
+            connector_positive_text=pos_text, connector_negative_text=neg_text,
+            connector_positive_face_object=pos_asm, connector_positive_face_object_style=pos_three,
+            ella_positive_analytic=analytic, positive_text_tokens=text_tokens,
+            adapters_once_per_prompt=adapters,
+            connector_per_call=per_call,
+            floor_vs_clip_unet={k: flop_floor(v, unet[77]) for k, v in per_call.items()},
+            floor_vs_same_unet={k: flop_floor(v, unet[64]) for k, v in per_call.items()},
+            unet_ctx64_vs_ctx77=unet[64] / unet[77])
+        log(f"FLOPs per call: UNet {unet[77] / 1e12:.3f} TFLOP (77-token context), {unet[64] / 1e12:.3f} (64); "
+            f"connector text {per_call['ella_text'] / 1e9:.2f} GFLOP, assembled {per_call['assembled'] / 1e9:.2f}, "
+            f"with style too {per_call['three_branches'] / 1e9:.2f}; floor (vs same UNet call) "
+            f"{100 * per_call['ella_text'] / unet[64]:.2f}% / {100 * per_call['assembled'] / unet[64]:.2f}%; "
+            f"ELLA positive counted {pos_text / 1e9:.3f} vs analytic {analytic / 1e9:.3f} GFLOP")
+
+    # ---- sampling ---------------------------------------------------------------------------------
+    def _sample(self, cfg: dict, steps: int, seed: int = 7):
+        latent = self.m["EmptyLatentImage"]().generate(self.args.size, self.args.size, 1)[0]
+        with torch.inference_mode():
+            out = self.nodes.common_ksampler(cfg["model"], seed, steps, 7.0, "euler", "normal",
+                                             cfg["positive"], cfg["negative"], latent, denoise=1.0)[0]["samples"]
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        return out
+
+    def _probe_run(self, name: str):
+        """An untimed 1-step run with a probe that records, at every model call, whether T5 is loaded on
+        the compute device (this run also warms up allocations and model loading)."""
+        import comfy.patcher_extension
+
+        seen = []
+
+        def probe(executor, *args, **kwargs):
+            seen.append(self._t5_resident())
+            return executor(*args, **kwargs)
+
+        cfg = dict(self.configs[name])
+        model = cfg["model"].clone()
+        model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, "bench.t5_probe", probe)
+        cfg["model"] = model
+        t0 = time.perf_counter()
+        out = self._sample(cfg, 1)
+        return time.perf_counter() - t0, seen, out
+
+    def sampling(self):
+        steps, repeats = self.args.steps, self.args.repeats
+        names = list(self.configs)
+        warm = {}
+        t5_during = {}
+        for name in names:
+            secs, seen, out = self._probe_run(name)
+            warm[name] = secs
+            t5_during[name] = seen[-1] if seen else None
+            if not torch.isfinite(out).all():
+                raise RuntimeError(f"{name}: sampling gave non-finite latents (random weights out of range)")
+            log(f"warm-up {name} (1 step): {secs:.1f} s; T5 at its model calls: {t5_during[name]}")
+        runs = {n: [] for n in names}
+        memory = {n: [] for n in names}
+        outputs = {}
+        order = []
+        for rep in range(repeats):
+            for name in names:
+                with PeakMemory(self.device) as peak:
+                    t0 = time.perf_counter()
+                    outputs[name] = self._sample(self.configs[name], steps)
+                    secs = time.perf_counter() - t0
+                runs[name].append(secs)
+                memory[name].append(peak.result)
+                order.append(name)
+                log(f"repeat {rep + 1}/{repeats} {name:9s}: {secs:.2f} s for {steps} steps = "
+                    f"{secs / steps:.2f} s/step; peak {fmt_gb(peak.result['delta'])} over baseline "
+                    f"{fmt_gb(peak.result['baseline'])}")
+        per_step = {n: median(runs[n]) / steps for n in names}
+        # Ratios per repeat (each repeat's three runs are neighbours in time), then their median.
+        ratio_runs = {n: [runs[n][i] / runs["clip"][i] for i in range(repeats)] for n in names}
+        self.results["sampling"] = dict(
+            size=self.args.size, steps=steps, repeats=repeats, sampler="euler", scheduler="normal", cfg=7.0, seed=7,
+            order=order, warmup_1step_s=warm,
+            runs_s={n: runs[n] for n in names},
+            per_step_s=per_step,
+            ratio_of_medians={n: per_step[n] / per_step["clip"] for n in names},
+            median_of_paired_ratios={n: median(ratio_runs[n]) for n in names},
+            paired_ratios=ratio_runs,
+            spread_clip=(max(runs["clip"]) - min(runs["clip"])) / median(runs["clip"]) if repeats > 1 else None,
+            latents_finite={n: bool(torch.isfinite(o).all()) for n, o in outputs.items()},
+            latents_std={n: float(o.float().std()) for n, o in outputs.items()},
+            labels={n: self.configs[n]["label"] for n in names})
+        self.results["memory"] = dict(
+            kind=memory["clip"][0]["kind"],
+            per_config={n: dict(delta_bytes_median=median([r["delta"] for r in memory[n]]),
+                                peak_bytes_max=max(r["peak"] for r in memory[n]),
+                                baseline_bytes_median=median([r["baseline"] for r in memory[n]]),
+                                runs=memory[n]) for n in names},
+            t5_during_sampling=t5_during)
+
+    # ---- report -----------------------------------------------------------------------------------
+    def table(self) -> str:
+        r = self.results
+        s, f, t5, mem, feat = r["sampling"], r["flops"], r["t5"], r["memory"], r["features"]
+        rows = ["| measure | value |", "|---|---|"]
+        clip = s["per_step_s"]["clip"]
+        for n in ("clip", "ella", "assembled"):
+            ratio = s["ratio_of_medians"][n]
+            floor = "" if n == "clip" else (f"; FLOP floor {100 * f['floor_vs_clip_unet'][{'ella': 'ella_text', 'assembled': 'assembled'}[n]]:+.2f}%")
+            rows.append(f"| per step, {s['labels'][n]} | {fmt_s(s['per_step_s'][n])} "
+                        f"(x{ratio:.3f}, paired x{s['median_of_paired_ratios'][n]:.3f}{floor}) |")
+        rows.append(f"| UNet FLOPs per call (batch 2, 77 / 64 context tokens) | {f['unet_call_ctx77'] / 1e12:.3f} / "
+                    f"{f['unet_call_ctx64'] / 1e12:.3f} TFLOP |")
+        rows.append(f"| connector FLOPs per call: text / + face + object / + style | "
+                    f"{f['connector_per_call']['ella_text'] / 1e9:.2f} / {f['connector_per_call']['assembled'] / 1e9:.2f} / "
+                    f"{f['connector_per_call']['three_branches'] / 1e9:.2f} GFLOP |")
+        rows.append(f"| T5 encode, first ({t5['prompt_tokens']} tokens) | {fmt_s(t5['first_encode_s'])} |")
+        rows.append(f"| T5 encode, repeated prompt | {fmt_s(t5['repeated_encode_s'])} (cache hit: "
+                    f"{t5['repeated_cache_hit']}; T5 forwards: {t5['repeated_t5_forwards']}) |")
+        for n in ("clip", "ella", "assembled"):
+            pc = mem["per_config"][n]
+            rows.append(f"| peak memory during sampling, {s['labels'][n]} | +{fmt_gb(pc['delta_bytes_median'])} "
+                        f"over {fmt_gb(pc['baseline_bytes_median'])} |")
+        during = mem["t5_during_sampling"]["assembled"] or {}
+        rows.append(f"| T5 on the compute device during sampling | "
+                    + ("no separate compute device (CPU): T5 weights stay in RAM, listed in ComfyUI's loaded models: "
+                       f"{during.get('in_current_loaded_models')}" if not during.get("separate_compute_device")
+                       else f"{during.get('resident_on_compute_device')} (listed: {during.get('in_current_loaded_models')})")
+                    + " |")
+        rows.append(f"| face features per image (InsightFace, 512x512) | {fmt_s(feat['face']['per_image_s'])} |")
+        rows.append(f"| CLIP ViT-H image features per image | {fmt_s(feat['clip_vision']['per_image_s'])} |")
+        return "\n".join(rows)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--steps", type=int, default=2, help="sampler steps per timed run (default 2)")
+    p.add_argument("--size", type=int, default=512, help="image size in pixels (default 512)")
+    p.add_argument("--repeats", type=int, default=2, help="interleaved repeats of each configuration (default 2)")
+    p.add_argument("--feature-repeats", type=int, default=3, help="timed feature extractions per kind")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--models-root", type=Path, default=DEFAULT_MODELS,
+                   help="stand-in model files (devtools/standins), generated when missing")
+    p.add_argument("--out", type=Path, default=None,
+                   help="JSON results (default docs/bench/sampling-<cpu|cuda>.json)")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    t_start = time.perf_counter()
+    bench = Bench(args)
+    bench.setup_comfy()
+    device = bench.device
+    if args.out is None:
+        args.out = REPO_ROOT / "docs" / "bench" / f"sampling-{device.type}.json"
+    command = "python " + " ".join([os.path.relpath(__file__, REPO_ROOT), *(sys.argv[1:] if argv is None else argv)])
+    bench.results["machine"] = machine_info(device)
+    bench.results["command"] = command
+    log(f"machine: {bench.results['machine']}")
+    bench.build_unet()
+    bench.load_pack_models()
+    bench.features()
+    bench.t5()
+    bench.conditioning()
+    bench.flops()
+    bench.sampling()
+    bench.results["machine"]["load_average_at_end"] = list(os.getloadavg())
+    bench.results["total_s"] = time.perf_counter() - t_start
+    s = bench.results["sampling"]
+    bench.results["acceptance"] = dict(
+        assembled_overhead=s["ratio_of_medians"]["assembled"] - 1.0,
+        assembled_overhead_paired=s["median_of_paired_ratios"]["assembled"] - 1.0,
+        within_3_percent=s["ratio_of_medians"]["assembled"] <= 1.03,
+        floor_assembled=bench.results["flops"]["floor_vs_clip_unet"]["assembled"],
+        repeated_prompt_no_t5=bool(bench.results["t5"]["repeated_cache_hit"]),
+        t5_during_sampling=bench.results["memory"]["t5_during_sampling"]["assembled"])
+    table = bench.table()
+    bench.results["table_markdown"] = table
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(bench.results, indent=1, default=str) + "\n")
+    print()
+    print(f"{bench.results['machine']['cpu']}, {bench.results['machine']['logical_cpus']} CPUs, torch "
+          f"{torch.__version__}, device {device}, {bench.results['machine']['date']}")
+    print(f"command: {command}")
+    print(table)
+    print(f"\nwrote {args.out} ({bench.results['total_s'] / 60:.1f} min)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
