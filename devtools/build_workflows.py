@@ -56,6 +56,7 @@ OUTPUTS = {
     "KSamplerSelect": [("SAMPLER", "SAMPLER")],
     "BasicScheduler": [("SIGMAS", "SIGMAS")],
     "SamplerCustomAdvanced": [("output", "LATENT"), ("denoised_output", "LATENT")],
+    "LoraLoader": [("MODEL", "MODEL"), ("CLIP", "CLIP")],
 }
 
 # EMMA modules: no one has released any; train them with the pack's trainer (README) under these names.
@@ -67,6 +68,7 @@ FACE_IMAGE = "emma_face.png"
 OBJECT_IMAGE = "example.png"
 STYLE_IMAGE = "example.png"
 UMM_PROJECTOR = "umm-projector-sd15-vit-h.safetensors"
+EMU_LORA = "emu-quality-tuned.safetensors"  # what 'Emu Quality-Tune' / scripts/emu_tune.py save into models/loras
 
 
 class UIWorkflow:
@@ -293,6 +295,30 @@ def umm_subject() -> dict:
     return w.to_json()
 
 
+def emu_apply_lora() -> dict:
+    w = UIWorkflow()
+    ckpt = w.add("CheckpointLoaderSimple", [SD15_CHECKPOINT], pos=(0, 0), size=(320, 100),
+                 models=[{"name": SD15_CHECKPOINT, "directory": "checkpoints"}])
+    lora = w.add("LoraLoader", [EMU_LORA, 1.0, 1.0], {"model": (ckpt, 0), "clip": (ckpt, 1)}, pos=(0, 150),
+                 size=(320, 130), title="Load LoRA (Emu quality-tuned)",
+                 models=[{"name": EMU_LORA, "directory": "loras"}])
+    positive = w.add("CLIPTextEncode", [POSITIVE], {"clip": (lora, 1)}, pos=(380, 0), size=(420, 200),
+                     title="CLIP Text Encode (positive)")
+    negative = w.add("CLIPTextEncode", [""], {"clip": (lora, 1)}, pos=(380, 250), size=(420, 120),
+                     title="CLIP Text Encode (negative)")
+    latent = w.add("EmptyLatentImage", [512, 512, 1], pos=(860, 420), size=(300, 110))
+    sampled = w.add("KSampler", [42, "fixed", 25, 7.0, "dpmpp_2m", "karras", 1.0],
+                    {"model": (lora, 0), "positive": (positive, 0), "negative": (negative, 0),
+                     "latent_image": (latent, 0)}, pos=(860, 0), size=(320, 300))
+    image = w.add("VAEDecode", [], {"samples": (sampled, 0), "vae": (ckpt, 2)}, pos=(1220, 0), size=(220, 50))
+    w.add("SaveImage", ["EMMA/emu"], {"images": (image, 0)}, pos=(1220, 100), size=(400, 450))
+    w.add("Note", ["Emu quality-tuning: curate a folder with 'Emu Curate Folder' (edit the review list it writes), "
+                   "tune with 'Emu Quality-Tune' (or scripts/emu_tune.py), which saves loras/" + EMU_LORA + ". "
+                   "Set the LoRA strength to 0 to compare with the base model (same seed)."],
+          pos=(0, 330), size=(320, 160))
+    return w.to_json()
+
+
 WORKFLOWS = {
     "ella_text_to_image.json": ella_text_to_image,
     "ella_controlnet.json": ella_controlnet,
@@ -303,6 +329,7 @@ WORKFLOWS = {
     "emma_assembled_controlnet.json": emma_assembled_controlnet,
     "emma_two_regions.json": emma_two_regions,
     "umm_subject.json": umm_subject,
+    "emu_apply_lora.json": emu_apply_lora,
 }
 
 

@@ -27,6 +27,7 @@ def standin_for() -> dict[tuple[str, str], object]:
         ("CLIPVisionLoader", "clip_name"): names["clip_vision"],
         ("EMMALoadModule", "module_name"): module_for,
         ("UMMLoadProjector", "projector_name"): names["umm"],
+        ("LoraLoader", "lora_name"): names["loras"],
     }
 
 

@@ -38,6 +38,7 @@ ELLA = "emma-standin-ella-sd1.5-tsc-t5xl.safetensors"
 CLIP_VISION = "emma-standin-clip-vit-h.safetensors"
 # EMMA modules: nobody has released any, so these stand in for what the trainer produces.
 UMM_PROJECTOR = "emma-standin-umm-projector.safetensors"
+EMU_LORA = "emma-standin-emu-lora.safetensors"
 EMMA_MODULES = {"face": "emma-standin-face.safetensors", "object": "emma-standin-object.safetensors",
                 "style": "emma-standin-style.safetensors"}
 
@@ -290,6 +291,24 @@ def build_umm_projector(path: Path, seed: int = SEED + 20) -> None:
         save_projector(UMMProjector(), str(path))
 
 
+def build_emu_lora(path: Path, seed: int = SEED + 21) -> None:
+    """A LoRA for the tiny UNet in the kohya layout stock LoraLoader applies (what Emu Quality-Tune saves)."""
+    repo_root = str(Path(__file__).resolve().parents[1])
+    if repo_root not in sys.path:
+        sys.path.insert(0, repo_root)
+    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+    from emma_core.emu.lora import inject_lora
+
+    with torch.device("meta"):
+        unet = UNetModel(**TINY_SD15_UNET)
+    unet = unet.to_empty(device="cpu")
+    with seeded(seed):
+        loras = inject_lora(unet, "transformer", rank=4, attach=False)
+        for name, param in loras.named_parameters():
+            torch.nn.init.normal_(param, std=0.02)
+    _save(loras.to_kohya(torch.float16), path)
+
+
 # ----------------------------------------------------------------------------------------- entry point
 def _plan(models_root: Path) -> list[tuple[list[Path], Callable[[], None]]]:
     r = models_root
@@ -304,6 +323,7 @@ def _plan(models_root: Path) -> list[tuple[list[Path], Callable[[], None]]]:
         *[([r / "emma" / name], lambda m=modality, n=name, i=i: build_emma_module(r / "emma" / n, m, SEED + 10 + i))
           for i, (modality, name) in enumerate(EMMA_MODULES.items())],
         ([r / "umm" / UMM_PROJECTOR], lambda: build_umm_projector(r / "umm" / UMM_PROJECTOR)),
+        ([r / "loras" / EMU_LORA], lambda: build_emu_lora(r / "loras" / EMU_LORA)),
         ([r / "insightface" / "models" / "antelopev2" / "glintr100.onnx"],
          lambda: __import__("devtools.face_packs", fromlist=["x"]).ensure_face_packs(r / "insightface")),
     ]
@@ -320,6 +340,7 @@ def standin_names() -> dict[str, object]:
         "emma": dict(EMMA_MODULES),
         "insightface": "antelopev2",
         "umm": UMM_PROJECTOR,
+        "loras": EMU_LORA,
     }
 
 

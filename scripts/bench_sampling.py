@@ -72,12 +72,11 @@ def _sdpa_flop(query_shape, key_shape, value_shape, *args, out_shape=None, **kwa
 def _attention_mapping() -> dict:
     """torch's flop counter knows the CUDA SDPA kernels but not the CPU one: without this, every attention
     product on the CPU (nn.MultiheadAttention, ComfyUI's pytorch attention) would count as 0 FLOPs."""
-    from torch.utils.flop_counter import shape_wrapper
 
     mapping = {}
     op = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
     if op is not None:
-        mapping[op] = shape_wrapper(_sdpa_flop)
+        mapping[op] = _sdpa_flop  # FlopCounterMode wraps custom entries with shape_wrapper itself
     return mapping
 
 
@@ -108,6 +107,28 @@ def ella_flops_analytic(config, text_tokens: int, rows: int = 1) -> int:
     return once + rows * per_row
 
 
+def unet_call_flops(size: int, context_tokens: int, batch: int = 2) -> int:
+    """One SD1.5 UNet call (ComfyUI's UNetModel, SD15 config) counted on the meta device: no weights, no
+    compute, so it costs seconds at any size. ComfyUI's CPU attention (sub-quadratic) asks the device for
+    free memory, which the meta device cannot answer; attention_basic does the same products (q.k^T and
+    attn.v, no recomputation), so it is swapped in while counting."""
+    import comfy.ldm.modules.attention as attention
+    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+
+    chosen = attention.optimized_attention
+    attention.optimized_attention = attention.attention_basic
+    try:
+        with torch.device("meta"):
+            unet = UNetModel(**SD15_UNET)
+            x = torch.empty(batch, 4, size // 8, size // 8)
+            context = torch.empty(batch, context_tokens, 768)
+            timesteps = torch.full((batch,), 500.0)
+        with torch.inference_mode():
+            return count_flops(lambda: unet(x, timesteps, context=context))
+    finally:
+        attention.optimized_attention = chosen
+
+
 def flop_floor(connector_flops: int, unet_flops: int) -> float:
     """The least overhead the pack can add per model call: its own FLOPs over the UNet's (same call)."""
     if unet_flops <= 0:
@@ -130,6 +151,17 @@ def _hwm_bytes() -> Optional[int]:
     except OSError:
         return None
     return None
+
+
+def _malloc_trim() -> None:
+    """Hand the heap's free memory back to the OS first: glibc keeps freed blocks (here gigabytes from T5
+    and CLIP vision), which the next run would reuse without its RSS growing."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _reset_hwm() -> bool:
@@ -156,6 +188,7 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats(self.device)
             self._base = torch.cuda.memory_allocated(self.device)
             return self
+        _malloc_trim()
         self._base = _rss_bytes()
         self._hwm_ok = _reset_hwm()
         self._peak = self._base
@@ -182,7 +215,7 @@ class PeakMemory:
         hwm = _hwm_bytes() if self._hwm_ok else None
         if hwm is not None:
             peak = max(peak, hwm)
-        self.result = dict(kind="process RSS (VmHWM reset + 10 ms sampling)" if hwm is not None
+        self.result = dict(kind="process RSS (malloc_trim, VmHWM reset + 10 ms sampling)" if hwm is not None
                            else "process RSS (10 ms sampling)", baseline=self._base, peak=peak,
                            delta=peak - self._base)
         return False
@@ -390,7 +423,6 @@ class Bench:
             clip_vision=dict(file=self.standins["clip_vision"], params=clip_params, load_s=clip_load,
                              dtype=str(next(vision.model.parameters()).dtype),
                              first_s=ctimes[0], per_image_s=median(ctimes[1:]), all_s=ctimes[1:], shapes=shapes))
-        self.mm.unload_all_models()
         del vision
         gc.collect()
 
@@ -438,7 +470,8 @@ class Bench:
             t0 = time.perf_counter()
             again = self.t5_handle.encode(PROMPT, None)
             repeat_s = time.perf_counter() - t0
-            hit = encoder.cache_hits == hits0 + 1 and forwards[0] == fw0
+            repeat_forwards = forwards[0] - fw0
+            hit = encoder.cache_hits == hits0 + 1 and repeat_forwards == 0
             # The same through the node the graph uses (a third lookup of the same prompt: another hit).
             t0 = time.perf_counter()
             self.positive = self.m["EMMATextEncode"].execute(self.ella, self.t5_handle, PROMPT, "flexible").result[0]
@@ -454,13 +487,20 @@ class Bench:
         self.results["t5"] = dict(
             params=params, dtype=str(dtype), build_s=build_s, prompt=PROMPT, prompt_tokens=tokens,
             first_encode_s=first_s, repeated_encode_s=repeat_s, repeated_cache_hit=hit,
-            repeated_t5_forwards=forwards[0] - fw0 if node_hit else None,
+            repeated_t5_forwards=repeat_forwards,
             node_repeated_encode_s=node_repeat_s, node_repeated_cache_hit=node_hit,
             cache_hits_total=encoder.cache_hits, t5_forward_calls_total=forwards[0],
             load_device=str(patcher.load_device), offload_device=str(patcher.offload_device),
             after_encode=on_device)
+        if device_is_cpu_and_free := (self.device.type == "cpu" and not self.args.keep_t5):
+            # On the CPU T5 has nowhere to be released to; its 4.9 GB would only push a shared machine into
+            # swap or the OOM killer. The patcher stays (so the residency probe still sees ComfyUI's view).
+            for param in model.parameters():
+                param.data = torch.empty(0)
+            gc.collect()
+        self.results["t5"]["weights_freed_by_benchmark_after_encode"] = device_is_cpu_and_free
         log(f"T5 encode: first {fmt_s(first_s)} ({tokens} tokens), repeated {fmt_s(repeat_s)} "
-            f"(cache hit: {hit}, T5 forwards on repeat: {forwards[0] - fw0}); through the node "
+            f"(cache hit: {hit}, T5 forwards on repeat: {repeat_forwards}); the ELLA Text Encode node on it "
             f"{fmt_s(node_repeat_s)} (hit: {node_hit}); after encode: {on_device}")
 
     def _t5_resident(self) -> dict:
@@ -516,15 +556,10 @@ class Bench:
             adapters = sum(count_flops(lambda c=c: c.module.condition_tokens(
                 type(c.features)(c.features.kind, {k: v.to(self.device) for k, v in c.features.tensors.items()})))
                 for c in prompt_obj.conditions)
-            unet = {}
-            size = self.args.size // 8
-            self.mm.load_models_gpu([self.unet])
-            inner = self.unet.model
-            for tokens in (77, 64):
-                x = torch.randn(2, 4, size, size, device=self.device, dtype=inner.get_dtype())
-                ctx = torch.randn(2, tokens, 768, device=self.device, dtype=inner.get_dtype())
-                ts = torch.tensor([500.0, 500.0], device=self.device)
-                unet[tokens] = count_flops(lambda: inner.diffusion_model(x, ts, context=ctx))
+        unet = {(size, tokens): unet_call_flops(size, tokens) for size in sorted({self.args.size, 512})
+                for tokens in (77, 64)}
+        unet = {k[1]: v for k, v in unet.items() if k[0] == self.args.size} | {("512", k[1]): v for k, v in unet.items()
+                                                                                if k[0] == 512}
         text_tokens = self.positive[0][1][self.pack("nodes.sampling").PROMPT_KEY].length
         analytic = ella_flops_analytic(connector.config, text_tokens)
         per_call = dict(ella_text=pos_text + neg_text, assembled=pos_asm + neg_text,
@@ -540,7 +575,9 @@ class Bench:
             connector_per_call=per_call,
             floor_vs_clip_unet={k: flop_floor(v, unet[77]) for k, v in per_call.items()},
             floor_vs_same_unet={k: flop_floor(v, unet[64]) for k, v in per_call.items()},
-            unet_ctx64_vs_ctx77=unet[64] / unet[77])
+            unet_ctx64_vs_ctx77=unet[64] / unet[77],
+            unet_call_512_ctx77=unet[("512", 77)], unet_call_512_ctx64=unet[("512", 64)],
+            floor_at_512_vs_clip_unet={k: flop_floor(v, unet[("512", 77)]) for k, v in per_call.items()})
         log(f"FLOPs per call: UNet {unet[77] / 1e12:.3f} TFLOP (77-token context), {unet[64] / 1e12:.3f} (64); "
             f"connector text {per_call['ella_text'] / 1e9:.2f} GFLOP, assembled {per_call['assembled'] / 1e9:.2f}, "
             f"with style too {per_call['three_branches'] / 1e9:.2f}; floor (vs same UNet call) "
@@ -548,8 +585,9 @@ class Bench:
             f"ELLA positive counted {pos_text / 1e9:.3f} vs analytic {analytic / 1e9:.3f} GFLOP")
 
     # ---- sampling ---------------------------------------------------------------------------------
-    def _sample(self, cfg: dict, steps: int, seed: int = 7):
-        latent = self.m["EmptyLatentImage"]().generate(self.args.size, self.args.size, 1)[0]
+    def _sample(self, cfg: dict, steps: int, seed: int = 7, size: Optional[int] = None):
+        size = size or self.args.size
+        latent = self.m["EmptyLatentImage"]().generate(size, size, 1)[0]
         with torch.inference_mode():
             out = self.nodes.common_ksampler(cfg["model"], seed, steps, 7.0, "euler", "normal",
                                              cfg["positive"], cfg["negative"], latent, denoise=1.0)[0]["samples"]
@@ -558,7 +596,7 @@ class Bench:
         return out
 
     def _probe_run(self, name: str):
-        """An untimed 1-step run with a probe that records, at every model call, whether T5 is loaded on
+        """An untimed 1-step 64x64 run with a probe that records, at every model call, whether T5 is loaded on
         the compute device (this run also warms up allocations and model loading)."""
         import comfy.patcher_extension
 
@@ -573,7 +611,7 @@ class Bench:
         model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, "bench.t5_probe", probe)
         cfg["model"] = model
         t0 = time.perf_counter()
-        out = self._sample(cfg, 1)
+        out = self._sample(cfg, 1, size=64)
         return time.perf_counter() - t0, seen, out
 
     def sampling(self):
@@ -587,7 +625,7 @@ class Bench:
             t5_during[name] = seen[-1] if seen else None
             if not torch.isfinite(out).all():
                 raise RuntimeError(f"{name}: sampling gave non-finite latents (random weights out of range)")
-            log(f"warm-up {name} (1 step): {secs:.1f} s; T5 at its model calls: {t5_during[name]}")
+            log(f"warm-up {name} (1 step, 64x64): {secs:.1f} s; T5 at its model calls: {t5_during[name]}")
         runs = {n: [] for n in names}
         memory = {n: [] for n in names}
         outputs = {}
@@ -609,7 +647,7 @@ class Bench:
         ratio_runs = {n: [runs[n][i] / runs["clip"][i] for i in range(repeats)] for n in names}
         self.results["sampling"] = dict(
             size=self.args.size, steps=steps, repeats=repeats, sampler="euler", scheduler="normal", cfg=7.0, seed=7,
-            order=order, warmup_1step_s=warm,
+            order=order, warmup_1step_64px_s=warm,
             runs_s={n: runs[n] for n in names},
             per_step_s=per_step,
             ratio_of_medians={n: per_step[n] / per_step["clip"] for n in names},
@@ -632,7 +670,6 @@ class Bench:
         r = self.results
         s, f, t5, mem, feat = r["sampling"], r["flops"], r["t5"], r["memory"], r["features"]
         rows = ["| measure | value |", "|---|---|"]
-        clip = s["per_step_s"]["clip"]
         for n in ("clip", "ella", "assembled"):
             ratio = s["ratio_of_medians"][n]
             floor = "" if n == "clip" else (f"; FLOP floor {100 * f['floor_vs_clip_unet'][{'ella': 'ella_text', 'assembled': 'assembled'}[n]]:+.2f}%")
@@ -640,6 +677,9 @@ class Bench:
                         f"(x{ratio:.3f}, paired x{s['median_of_paired_ratios'][n]:.3f}{floor}) |")
         rows.append(f"| UNet FLOPs per call (batch 2, 77 / 64 context tokens) | {f['unet_call_ctx77'] / 1e12:.3f} / "
                     f"{f['unet_call_ctx64'] / 1e12:.3f} TFLOP |")
+        rows.append(f"| FLOP floor at 512x512 (connector / UNet per call): text / + face + object | "
+                    f"{100 * f['floor_at_512_vs_clip_unet']['ella_text']:.2f}% / "
+                    f"{100 * f['floor_at_512_vs_clip_unet']['assembled']:.2f}% |")
         rows.append(f"| connector FLOPs per call: text / + face + object / + style | "
                     f"{f['connector_per_call']['ella_text'] / 1e9:.2f} / {f['connector_per_call']['assembled'] / 1e9:.2f} / "
                     f"{f['connector_per_call']['three_branches'] / 1e9:.2f} GFLOP |")
@@ -651,7 +691,7 @@ class Bench:
             rows.append(f"| peak memory during sampling, {s['labels'][n]} | +{fmt_gb(pc['delta_bytes_median'])} "
                         f"over {fmt_gb(pc['baseline_bytes_median'])} |")
         during = mem["t5_during_sampling"]["assembled"] or {}
-        rows.append(f"| T5 on the compute device during sampling | "
+        rows.append("| T5 on the compute device during sampling | "
                     + ("no separate compute device (CPU): T5 weights stay in RAM, listed in ComfyUI's loaded models: "
                        f"{during.get('in_current_loaded_models')}" if not during.get("separate_compute_device")
                        else f"{during.get('resident_on_compute_device')} (listed: {during.get('in_current_loaded_models')})")
@@ -666,7 +706,9 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=2, help="sampler steps per timed run (default 2)")
     p.add_argument("--size", type=int, default=512, help="image size in pixels (default 512)")
     p.add_argument("--repeats", type=int, default=2, help="interleaved repeats of each configuration (default 2)")
-    p.add_argument("--feature-repeats", type=int, default=3, help="timed feature extractions per kind")
+    p.add_argument("--feature-repeats", type=int, default=2, help="timed feature extractions per kind, after one untimed")
+    p.add_argument("--keep-t5", action="store_true",
+                   help="on the CPU, keep T5's weights in RAM after encoding (default: free them; the cache serves)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--models-root", type=Path, default=DEFAULT_MODELS,
                    help="stand-in model files (devtools/standins), generated when missing")
@@ -687,10 +729,11 @@ def main(argv=None) -> int:
     bench.results["machine"] = machine_info(device)
     bench.results["command"] = command
     log(f"machine: {bench.results['machine']}")
-    bench.build_unet()
+    # Order keeps the peak RAM low on a CPU machine: T5 (4.9 GB fp32) first, then CLIP vision, then the UNet.
     bench.load_pack_models()
-    bench.features()
     bench.t5()
+    bench.features()
+    bench.build_unet()
     bench.conditioning()
     bench.flops()
     bench.sampling()

@@ -32,14 +32,18 @@ from devtools.workflow_api import load_ui_workflow
 REPO = Path(__file__).resolve().parents[1]
 # Heavier loaders stay in ComfyUI's cache between consecutive prompts: keep workflows that share them
 # together (CLIP vision ViT-H is real size), then by name.
-WORKFLOWS = sorted((REPO / "workflows").glob("*.json"),
+# EMMA_BROWSER_WORKFLOWS=<folder> runs the same checks on other UI workflows (a user's, a draft's).
+WORKFLOW_DIR = Path(os.environ.get("EMMA_BROWSER_WORKFLOWS") or REPO / "workflows")
+WORKFLOWS = sorted(WORKFLOW_DIR.glob("*.json"),
                    key=lambda p: ('"CLIPVisionLoader"' in p.read_text(), p.name))
 SCREENSHOTS = REPO / ".cache" / "screenshots"
 CHROMIUM = os.environ.get("EMMA_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-# A CPU run of a stand-in graph takes seconds at this size.
-SMALL = {"EmptyLatentImage": {"width": 64, "height": 64}, "KSampler": {"steps": 3}}
+# A CPU run of a stand-in graph takes seconds at this size (each step recomputes the connector and the
+# EMMA modules at their real size, so steps dominate).
+SMALL = {"EmptyLatentImage": {"width": 64, "height": 64}, "KSampler": {"steps": 2},
+         "BasicScheduler": {"steps": 2}, "KSamplerAdvanced": {"steps": 2}}
 # Settings a first-time user would click away (the template browser opens on first start).
 SETTINGS = {"Comfy.TutorialCompleted": True, "Comfy.Validation.Workflows": True}
 
@@ -110,7 +114,6 @@ def _swaps_for(ui: dict, object_info: dict) -> dict:
 
 
 LOAD_JS = """async ([ui, name]) => {
-    document.querySelectorAll('.p-dialog-mask').forEach(d => d.remove());
     document.querySelectorAll('.p-toast-close-button').forEach(b => b.click());
     await new Promise(r => setTimeout(r, 100));
     await app.loadGraphData(ui, true, true, name);
@@ -171,11 +174,15 @@ def test_workflow_in_the_frontend(page, comfy_server, path):
     ui = load_ui_workflow(path)
     info = comfy_server.object_info()
 
+    for _ in range(3):  # close what the previous workflow left open (e.g. the "Missing Models" dialog)
+        page.keyboard.press("Escape")
     loaded = page.evaluate(LOAD_JS, [ui, path.name])
     missing = [n for n in loaded["nodes"] if not n["registered"]]
     assert not missing, f"{path.name}: missing node types in the frontend: {missing}"
     assert len(loaded["nodes"]) == len(ui["nodes"])
-    assert not [d for d in loaded["dialogs"] if "missing" in d.lower()], loaded["dialogs"]
+    # "Missing Models" (real weights named in properties.models) is expected on a test machine; a missing
+    # node type is not.
+    assert not [d for d in loaded["dialogs"] if "missing node" in d.lower()], loaded["dialogs"]
     # The frontend validates every loaded workflow against its schema (zod) and shows an alert per
     # problem, e.g. a `properties.models` entry without a `url`, or `"id": null`.
     alerts = [t for t in loaded["toasts"] if "invalid" in t.lower() or "error" in t.lower()]
@@ -194,18 +201,25 @@ def test_workflow_in_the_frontend(page, comfy_server, path):
     body = answer.value.json()
     assert answer.value.status == 200, f"{path.name}: the server refused the prompt: {body}"
     assert not body.get("node_errors"), f"{path.name}: node errors: {body['node_errors']}"
-    history = comfy_server.wait(body["prompt_id"], timeout=300)
+    history = comfy_server.wait(body["prompt_id"], timeout=600)
     images = comfy_server.output_images(history)
     assert len(images) == 1 and images[0].exists() and images[0].stat().st_size > 0
 
     # Let the page receive the result (the preview on SaveImage), then record what the user sees.
     page.wait_for_timeout(500)
+    for _ in range(3):  # the "Missing Models" dialog would cover the graph
+        page.keyboard.press("Escape")
     page.evaluate("""() => {
         document.querySelectorAll('.p-toast-close-button').forEach(b => b.click());
-        const xs = app.graph.nodes.map(n => n.pos[0] + n.size[0]), ys = app.graph.nodes.map(n => n.pos[1] + n.size[1]);
-        const w = Math.max(...xs), h = Math.max(...ys);
-        const scale = Math.max(0.62, Math.min(1.0, (window.innerWidth - 120) / w, (window.innerHeight - 160) / h));
-        app.canvas.ds.scale = scale; app.canvas.ds.offset = [60, 60];
+        const nodes = app.graph.nodes;
+        const x0 = Math.min(...nodes.map(n => n.pos[0])), y0 = Math.min(...nodes.map(n => n.pos[1] - 30));
+        const x1 = Math.max(...nodes.map(n => n.pos[0] + n.size[0]));
+        const y1 = Math.max(...nodes.map(n => n.pos[1] + n.size[1]));
+        const left = 70, top = 110;  // the side bar and the tab/menu bars
+        const scale = Math.max(0.6, Math.min(1.0, (window.innerWidth - left - 20) / (x1 - x0),
+                                             (window.innerHeight - top - 20) / (y1 - y0)));
+        app.canvas.ds.scale = scale;
+        app.canvas.ds.offset = [left / scale - x0, top / scale - y0];
         app.graph.setDirtyCanvas(true, true);
     }""")
     page.wait_for_timeout(200)

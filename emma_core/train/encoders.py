@@ -1,0 +1,95 @@
+"""CacheEncoders built from the frozen models the front ends hold (duck-typed: no ComfyUI import here).
+
+    vae            object with .encode(IMAGE [B, H, W, 3]) -> raw latents (ComfyUI's comfy.sd.VAE)
+    base_model     object with .process_latent_in(latents) (ComfyUI's BaseModel: SD1.5 scale 0.18215)
+    t5             object with .encode(text, fixed_length) -> [N, 2048] (emma_core.t5.T5TextEncoder, or the
+                   node pack's T5 handle)
+    clip_vision    object with .encode_image(IMAGE, crop=...) -> {"penultimate_hidden_states", "image_embeds"}
+                   and .image_size (ComfyUI's ClipVisionModel); object / portrait / style modules
+    face_analyzer  emma_core.face.FaceAnalyzer; face modules
+"""
+from __future__ import annotations
+
+import hashlib
+from typing import Optional
+
+import torch
+
+from ..adapters import Features
+from ..clip_features import clip_features
+from ..emma_module import MODALITY_KINDS
+from ..t5 import FIXED_LENGTH
+from .cache import CacheEncoders
+
+TEXT_LENGTHS = (f"fixed {FIXED_LENGTH}", "flexible")
+
+
+def module_fingerprint(module) -> str:
+    """A cheap identity of a model's weights: names, shapes and a sample of values of a few tensors."""
+    if module is None:
+        return ""
+    if hasattr(module, "state_dict"):
+        sd = module.state_dict()
+    else:
+        return type(module).__name__
+    h = hashlib.sha256()
+    keys = list(sd)
+    for i, key in enumerate(keys):
+        t = sd[key]
+        h.update(f"{key}:{tuple(t.shape)};".encode())
+        if i < 3 or i >= len(keys) - 3:
+            h.update(t.detach().flatten()[:4096].float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def face_condition(analyzer):
+    from ..face import embed_faces, to_uint8_rgb
+
+    def encode(image: torch.Tensor, mask=None) -> Features:
+        identity = embed_faces([to_uint8_rgb(image[0])], analyzer)  # FaceError (a ValueError) -> skipped
+        return Features("face", {k: v.float() for k, v in identity.as_tensors().items()})
+
+    return encode
+
+
+def clip_condition(clip_vision, kind: str, crop: bool = True):
+    def encode(image: torch.Tensor, mask: Optional[torch.Tensor] = None) -> Features:
+        output = clip_vision.encode_image(image, crop=crop)
+        return clip_features(output["penultimate_hidden_states"], output["image_embeds"], kind,
+                             mask if kind == "clip_tokens" else None,
+                             image_size=getattr(clip_vision, "image_size", 224), crop=crop)
+
+    return encode
+
+
+def comfy_encoders(*, modality: str, vae, base_model, t5, resolution: int, text_length: str = TEXT_LENGTHS[0],
+                   clip_vision=None, face_analyzer=None, names: Optional[dict] = None) -> CacheEncoders:
+    kind = MODALITY_KINDS.get(modality)
+    if kind is None:
+        raise ValueError(f"training supports the modalities {sorted(MODALITY_KINDS)}, not {modality!r}")
+    if resolution % 64:
+        raise ValueError(f"resolution must be a multiple of 64, got {resolution}")
+    fixed = FIXED_LENGTH if text_length.startswith("fixed") else None
+    if kind == "face":
+        if face_analyzer is None:
+            raise ValueError("face modules need a face analyzer (an InsightFace pack) to embed the faces")
+        condition = face_condition(face_analyzer)
+        cond_id = f"insightface:{getattr(face_analyzer, 'pack_dir', '')}"
+    else:
+        if clip_vision is None:
+            raise ValueError(f"{modality} modules need a CLIP Vision model (ViT-H, as IPAdapter uses)")
+        condition = clip_condition(clip_vision, kind)
+        cond_id = "clip:" + module_fingerprint(getattr(clip_vision, "model", clip_vision))
+
+    def encode_image(image: torch.Tensor) -> torch.Tensor:
+        return base_model.process_latent_in(vae.encode(image[..., :3])).float().cpu()
+
+    def encode_text(text: str) -> torch.Tensor:
+        return t5.encode(text, fixed).float().cpu()
+
+    fingerprint = {"modality": modality, "feature_kind": kind, "resolution": resolution, "text_length": text_length,
+                   "t5": (names or {}).get("t5") or module_fingerprint(getattr(t5, "model", None)),
+                   "vae": (names or {}).get("vae") or module_fingerprint(getattr(vae, "first_stage_model", vae)),
+                   "condition": (names or {}).get("condition") or cond_id}
+    return CacheEncoders(encode_text, encode_image, condition, fingerprint, resolution,
+                         use_masks=kind == "clip_tokens")

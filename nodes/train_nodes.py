@@ -1,0 +1,148 @@
+"""Train an EMMA module inside ComfyUI: the user's MODEL + VAE + ELLA + T5 and a dataset folder."""
+from __future__ import annotations
+
+import hashlib
+import os
+
+import comfy.model_management as mm
+import comfy.utils
+import folder_paths
+import torch
+from comfy_api.latest import io
+
+from ..emma_core.ella import ELLA
+from ..emma_core.face import FaceError, cached_analyzer
+from ..emma_core.train.curve import image_tensor, render_loss_curve
+from ..emma_core.train.emma import prepare_cache, train_emma_module
+from ..emma_core.train.encoders import TEXT_LENGTHS, comfy_encoders
+from ..emma_core.train.loop import TrainConfig
+from ..emma_core.train.objective import comfy_epsilon_denoiser
+from .ella_nodes import ELLA_TYPE, T5_TYPE
+from .emma_nodes import insightface_packs, insightface_root
+
+
+def node_error(message: str) -> ValueError:
+    return ValueError(f"[EMMA Train Module] {message}")
+
+
+def _trainable_copy(module: torch.nn.Module) -> None:
+    """ComfyUI runs nodes under inference_mode; tensors made there cannot take part in autograd. Replace
+    them (in place, same values) so gradients can flow through the frozen model to the EMMA module."""
+    for sub in module.modules():
+        for name, p in list(sub.named_parameters(recurse=False)):
+            if p.is_inference():
+                sub._parameters[name] = torch.nn.Parameter(p.detach().clone(), requires_grad=False)
+        for name, b in list(sub.named_buffers(recurse=False)):
+            if b is not None and b.is_inference():
+                sub._buffers[name] = b.clone()
+
+
+class TrainModule(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="EMMATrainModule",
+            display_name="EMMA Train Module",
+            category="EMMA/training",
+            description="Trains an EMMA condition module (AGPR branch + feature adapter; UNet, VAE, T5 and ELLA "
+                        "stay frozen) on a folder of images with same-name .txt captions (optional <name>_mask.png "
+                        "for object modules). Writes models/emma/<module_name>.safetensors; logs, checkpoints and "
+                        "the loss curve go to output/emma_training/<module_name>/. Re-running resumes.",
+            inputs=[
+                io.Model.Input("model"),
+                io.Vae.Input("vae"),
+                ELLA_TYPE.Input("ella"),
+                T5_TYPE.Input("t5"),
+                io.String.Input("dataset_path", default=""),
+                io.Combo.Input("modality", options=["face", "object", "portrait", "style"], default="face"),
+                io.String.Input("module_name", default="my_emma_module"),
+                io.Int.Input("steps", default=2000, min=1, max=1_000_000),
+                io.Int.Input("batch_size", default=4, min=1, max=256),
+                io.Float.Input("learning_rate", default=1e-4, min=1e-7, max=1e-2, step=1e-5),
+                io.Int.Input("resolution", default=512, min=64, max=2048, step=64),
+                io.Float.Input("validation_split", default=0.1, min=0.0, max=0.5, step=0.01),
+                io.Int.Input("validate_every", default=200, min=0, max=100_000),
+                io.Int.Input("early_stopping_patience", default=0, min=0, max=1000),
+                io.Int.Input("checkpoint_every", default=500, min=0, max=100_000),
+                io.Int.Input("seed", default=0, min=0, max=2**31 - 1),
+                io.Boolean.Input("resume", default=True),
+                io.Combo.Input("text_length", options=list(TEXT_LENGTHS), default=TEXT_LENGTHS[0]),
+                io.ClipVision.Input("clip_vision", optional=True, tooltip="object / portrait / style modules"),
+                io.Combo.Input("face_pack", options=insightface_packs(), optional=True,
+                               tooltip="face modules: InsightFace pack in models/insightface/models"),
+            ],
+            outputs=[io.String.Output(display_name="module_name"), io.Image.Output(display_name="loss_curve")],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, model, vae, ella, t5, dataset_path, modality, module_name, steps, batch_size, learning_rate,
+                resolution, validation_split, validate_every, early_stopping_patience, checkpoint_every, seed,
+                resume, text_length, clip_vision=None, face_pack=None) -> io.NodeOutput:
+        stem = os.path.basename(module_name.strip()).removesuffix(".safetensors")
+        if not stem:
+            raise node_error("module_name is empty")
+        dataset = os.path.expanduser(dataset_path.strip())
+        if not os.path.isdir(dataset):
+            raise node_error(f"dataset folder {dataset!r} does not exist")
+        out_path = os.path.join(folder_paths.get_folder_paths("emma")[0], stem + ".safetensors")
+        run_dir = os.path.join(folder_paths.get_output_directory(), "emma_training", stem)
+        device = mm.get_torch_device()
+        with torch.inference_mode(False), torch.enable_grad():
+            try:
+                analyzer = None
+                if modality == "face":
+                    analyzer = cached_analyzer(insightface_root(), face_pack or "antelopev2",
+                                               "cpu" if device.type == "cpu" else "auto")
+                encoders = comfy_encoders(modality=modality, vae=vae, base_model=model.model, t5=t5,
+                                          resolution=resolution, text_length=text_length, clip_vision=clip_vision,
+                                          face_analyzer=analyzer, names={"t5": t5.name})
+                bar = comfy.utils.ProgressBar(1)
+
+                def cache_progress(n, total):
+                    bar.update_absolute(n, total)
+                    mm.throw_exception_if_processing_interrupted()
+
+                report, names = prepare_cache(dataset, os.path.join(dataset, ".emma_cache"), encoders,
+                                              progress=cache_progress)
+            except (FaceError, ValueError, FileNotFoundError) as error:
+                raise node_error(str(error)) from error
+            print(f"[EMMA Train Module] {report.text()}")
+
+            mm.load_models_gpu([model], force_full_load=True)
+            base = model.model
+            _trainable_copy(base)
+            connector = ella.connector
+            frozen_ella = ELLA(connector.config)
+            frozen_ella.load_state_dict({k: v.detach().clone() for k, v in connector.state_dict().items()})
+            frozen_ella = frozen_ella.to(device=device, dtype=next(connector.parameters()).dtype)
+            config = TrainConfig(steps=steps, batch_size=batch_size, lr=learning_rate, val_every=validate_every,
+                                 early_stopping_patience=early_stopping_patience, checkpoint_every=checkpoint_every,
+                                 seed=seed)
+            progress = comfy.utils.ProgressBar(steps)
+            out = train_emma_module(report.folder, names, modality=modality, ella=frozen_ella,
+                                    denoiser=comfy_epsilon_denoiser(base), out_path=out_path, run_dir=run_dir,
+                                    config=config, device=device, ella_sha256=_ella_sha256(ella),
+                                    val_fraction=validation_split, resume=resume,
+                                    on_step=lambda step, total, record: progress.update_absolute(step, total),
+                                    should_stop=mm.throw_exception_if_processing_interrupted)
+        curve = out.result.curve or render_loss_curve(out.result.records)
+        return io.NodeOutput(os.path.basename(out_path), image_tensor(curve))
+
+
+def _ella_sha256(ella) -> str:
+    """sha256 of the ELLA file the handle was loaded from, when it can be found (module provenance)."""
+    try:
+        path = folder_paths.get_full_path("ella", ella.name)
+        if not path:
+            return ""
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 22), b""):
+                h.update(chunk)
+        return h.hexdigest()
+    except OSError:
+        return ""
+
+
+NODES = [TrainModule]

@@ -1,0 +1,149 @@
+#!/usr/bin/env python
+"""Emu quality-tuning without the UI: curate a folder and/or tune a LoRA from an SD1.5 checkpoint file, with
+ComfyUI's own loaders imported as a library (no server).
+
+    python scripts/emu_tune.py curate DATA --min-side 512                 report + contact sheet + review list
+    python scripts/emu_tune.py tune DATA --checkpoint v1-5.safetensors --out models/loras/emu.safetensors \
+        [--review DATA/emu_review.csv] [--mode lora|full] [--max-steps 15000] [--lr 1e-4] [--rank 16] ...
+
+ComfyUI is found through --comfyui, $EMMA_COMFYUI_DIR or ../.. of this pack (custom_nodes/<pack>/scripts).
+Runs resume: the same run folder (--run-dir, default <out>.run/) continues from its last checkpoint.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+
+def import_comfy(comfy_dir: str | None):
+    candidates = [comfy_dir, os.environ.get("EMMA_COMFYUI_DIR"), str(REPO.parents[1]), str(REPO / ".cache" / "ComfyUI")]
+    for c in candidates:
+        if c and (Path(c) / "comfy" / "sd.py").is_file():
+            if c not in sys.path:
+                sys.path.insert(0, c)
+            import torch
+
+            import comfy.cli_args  # the device is chosen when comfy.model_management is imported
+
+            if not (torch.cuda.is_available() or getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+                comfy.cli_args.args.cpu = True
+            import comfy.sd  # noqa: F401
+            return c
+    raise SystemExit("ComfyUI not found: pass --comfyui PATH (the folder with main.py) or set EMMA_COMFYUI_DIR")
+
+
+def cmd_curate(args) -> int:
+    from emma_core.emu.curate import REVIEW_NAME, CurationConfig, contact_sheet, curate_folder, write_review_list
+
+    config = CurationConfig(min_side=args.min_side, min_aspect=args.min_aspect, max_aspect=args.max_aspect,
+                            dedupe=not args.keep_duplicates, dedupe_distance=args.duplicate_distance)
+    result = curate_folder(args.folder, config)
+    review = Path(args.review or Path(args.folder) / REVIEW_NAME)
+    kept = write_review_list(review, result)
+    print(result.report())
+    print(f"review list: {review}" + (f" ({kept} of your decisions kept)" if kept else ""))
+    sheet_dir = Path(args.sheet_dir or review.parent / "emu_contact_sheets")  # a sub-folder: never a candidate
+    sheet_dir.mkdir(parents=True, exist_ok=True)
+    for i, page in enumerate(contact_sheet(result, columns=args.columns), 1):
+        path = sheet_dir / f"emu_contact_sheet_{i:03d}.png"
+        page.save(path)
+        print(f"contact sheet: {path}")
+    return 0
+
+
+def cmd_tune(args) -> int:
+    import_comfy(args.comfyui)
+    import comfy.model_management as mm
+    import comfy.sd
+    import torch
+
+    from emma_core.emu.curate import REVIEW_NAME
+    from emma_core.emu.quality_tune import EmuRecipe, prepare_dataset, quality_tune, save_lora
+    from emma_core.train.objective import comfy_epsilon_denoiser
+
+    model, clip, vae = comfy.sd.load_checkpoint_guess_config(args.checkpoint, output_vae=True, output_clip=True)[:3]
+    review = args.review or (Path(args.folder) / REVIEW_NAME if (Path(args.folder) / REVIEW_NAME).is_file() else None)
+    out = Path(args.out)
+    run_dir = Path(args.run_dir or str(out.with_suffix("")) + ".run")
+    recipe = EmuRecipe(mode=args.mode, rank=args.rank, lr=args.lr, max_steps=args.max_steps, patience=args.patience,
+                       val_every=args.val_every, effective_batch=args.effective_batch, micro_batch=args.micro_batch,
+                       noise_offset=args.noise_offset, seed=args.seed, save_dtype=args.save_dtype,
+                       val_fraction=args.val_fraction, targets=args.targets)
+
+    def encode_text(caption):
+        with torch.no_grad():
+            return clip.encode_from_tokens(clip.tokenize(caption))[0].float().cpu()
+
+    def encode_image(image):
+        with torch.no_grad():
+            return model.model.process_latent_in(vae.encode(image[:, :, :, :3]).float()).cpu()
+
+    data = prepare_dataset(args.folder, review, encode_text, encode_image,
+                           {"checkpoint": Path(args.checkpoint).name, "size": os.path.getsize(args.checkpoint)},
+                           run_dir / "cache", resolution=args.resolution, val_fraction=recipe.val_fraction,
+                           seed=recipe.seed, progress=lambda d, t: print(f"\rencoding {d}/{t}", end="", flush=True))
+    print("\n" + data.report)
+    mm.load_models_gpu([model])
+
+    def on_step(step, steps, record):
+        if "val_loss" in record or step % 10 == 0:
+            val = f" val {record['val_loss']:.5f}" if "val_loss" in record else ""
+            print(f"step {step}/{steps} loss {record['loss']:.5f}{val}", flush=True)
+
+    result = quality_tune(model.model.diffusion_model, comfy_epsilon_denoiser(model.model), data.train, data.val,
+                          recipe, run_dir, empty_text=data.empty_text, on_step=on_step, device=model.load_device,
+                          extra_metadata={"emu_base": Path(args.checkpoint).name, "emu_images": len(data.names)})
+    save_lora(out, result.lora, result.metadata)
+    print(result.summary())
+    print(f"saved {out}; loss curve {run_dir / 'loss_curve.png'}; log {run_dir / 'log.csv'}")
+    return 0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("curate", help="automatic filters, report, contact sheet, review list")
+    c.add_argument("folder")
+    c.add_argument("--min-side", type=int, default=512)
+    c.add_argument("--min-aspect", type=float, default=0.5)
+    c.add_argument("--max-aspect", type=float, default=2.0)
+    c.add_argument("--keep-duplicates", action="store_true")
+    c.add_argument("--duplicate-distance", type=int, default=6)
+    c.add_argument("--review", help="review list path (default <folder>/emu_review.csv)")
+    c.add_argument("--sheet-dir", help="where the contact sheet pages go (default: emu_contact_sheets/ next to the review list)")
+    c.add_argument("--columns", type=int, default=8)
+    c.set_defaults(run=cmd_curate)
+    t = sub.add_parser("tune", help="quality-tune a LoRA (or the full UNet) on the curated folder")
+    t.add_argument("folder")
+    t.add_argument("--checkpoint", required=True, help="SD1.5 checkpoint file (.safetensors / .ckpt)")
+    t.add_argument("--out", required=True, help="the LoRA file to write (e.g. ComfyUI/models/loras/emu.safetensors)")
+    t.add_argument("--review", help="review list (default <folder>/emu_review.csv if present)")
+    t.add_argument("--run-dir")
+    t.add_argument("--comfyui")
+    t.add_argument("--mode", choices=["lora", "full"], default="lora")
+    t.add_argument("--rank", type=int, default=16)
+    t.add_argument("--targets", default="transformer", help="attention | transformer | all | a regex")
+    t.add_argument("--lr", type=float, default=None)
+    t.add_argument("--max-steps", type=int, default=15000)
+    t.add_argument("--patience", type=int, default=5)
+    t.add_argument("--val-every", type=int, default=100)
+    t.add_argument("--val-fraction", type=float, default=0.1)
+    t.add_argument("--effective-batch", type=int, default=64)
+    t.add_argument("--micro-batch", type=int, default=4)
+    t.add_argument("--noise-offset", type=float, default=0.1)
+    t.add_argument("--resolution", type=int, default=512)
+    t.add_argument("--save-dtype", choices=["fp16", "bf16", "fp32"], default="fp16")
+    t.add_argument("--seed", type=int, default=0)
+    t.set_defaults(run=cmd_tune)
+    args = p.parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,206 @@
+#!/usr/bin/env python
+"""Train an EMMA condition module headless, on one or several GPUs (torch DDP, launched by torchrun).
+
+    # one process (GPU if there is one, else CPU)
+    python scripts/train_emma.py --checkpoint sd15.safetensors --ella ella-sd1.5-tsc-t5xl.safetensors \
+        --t5 models/text_encoders/flan-t5-xl --dataset my_faces/ --modality face \
+        --insightface-root models/insightface --out models/emma/my_face.safetensors --run-dir runs/my_face
+
+    # 8 GPUs on one machine
+    torchrun --nproc_per_node 8 scripts/train_emma.py ...same arguments...
+
+The SD1.5 UNet and VAE come from the checkpoint through ComfyUI's own loader (ComfyUI imported as a library:
+--comfyui or $EMMA_COMFYUI_DIR, else the tree devtools.host provisions); the UNet call is ComfyUI's model
+apply with the ELLA/EMMA context. ELLA and T5 load through emma_core. Rank 0 builds the feature cache (the
+others wait), then every process trains on its share of each batch; rank 0 writes checkpoints, the log and
+the module. Re-running the same command resumes from the run folder's last checkpoint.
+See docs/training.md.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import hashlib
+import logging
+import os
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+
+from emma_core.train.loop import TrainConfig  # noqa: E402
+
+log = logging.getLogger("train_emma")
+
+
+def parse_args(argv=None):
+    d = TrainConfig()
+    p = argparse.ArgumentParser(description="Train an EMMA condition module (see docs/training.md)")
+    p.add_argument("--checkpoint", required=True, help="SD1.5 checkpoint (.safetensors): UNet + VAE")
+    p.add_argument("--ella", required=True, help="ELLA connector file (ella-sd1.5-tsc-t5xl.safetensors)")
+    p.add_argument("--t5", required=True, help="flan-t5-xl encoder: a .safetensors file or an HF folder")
+    p.add_argument("--dataset", required=True, help="folder of images with same-name .txt captions")
+    p.add_argument("--modality", required=True, choices=["face", "object", "portrait", "style"])
+    p.add_argument("--out", required=True, help="the module file to write (.safetensors)")
+    p.add_argument("--run-dir", required=True, help="checkpoints, log.csv/jsonl, loss_curve.png; resumed from")
+    p.add_argument("--cache-root", help="feature cache root (default: <dataset>/.emma_cache)")
+    p.add_argument("--clip-vision", help="CLIP ViT-H/14 vision file (object / portrait / style)")
+    p.add_argument("--insightface-root", help="folder holding models/<pack>/*.onnx (face)")
+    p.add_argument("--pack", default="antelopev2", help="InsightFace pack name (face)")
+    p.add_argument("--init-from", help="start from this module's weights (e.g. portrait from object)")
+    p.add_argument("--comfyui", help="ComfyUI folder (default $EMMA_COMFYUI_DIR or devtools' tree)")
+    p.add_argument("--cpu", action="store_true", help="train on the CPU even when CUDA is available")
+    p.add_argument("--resolution", type=int, default=512)
+    p.add_argument("--text-length", default="fixed 128", choices=["fixed 128", "flexible"])
+    p.add_argument("--steps", type=int, default=d.steps)
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="per process and micro-step")
+    p.add_argument("--grad-accum", type=int, default=d.grad_accum)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--warmup-iters", type=int, default=d.warmup_iters)
+    p.add_argument("--grad-clip", type=float, default=d.grad_clip)
+    p.add_argument("--precision", default=d.precision, choices=["auto", "fp16", "bf16", "fp32"])
+    p.add_argument("--gradient-checkpointing", default="auto", choices=["auto", "on", "off"])
+    p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument("--val-every", type=int, default=500)
+    p.add_argument("--patience", type=int, default=0, help="early stopping: validations without improvement")
+    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
+    p.add_argument("--log-every", type=int, default=d.log_every)
+    p.add_argument("--cond-dropout", type=float, default=0.1)
+    p.add_argument("--text-dropout", type=float, default=0.1)
+    p.add_argument("--noise-offset", type=float, default=0.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-resume", action="store_true", help="ignore checkpoints in --run-dir")
+    return p.parse_args(argv)
+
+
+def import_comfy(comfy_dir: str | None, cpu: bool):
+    """ComfyUI as a library (what devtools.host.import_comfy does, without forcing the CPU)."""
+    if comfy_dir is None:
+        comfy_dir = os.environ.get("EMMA_COMFYUI_DIR")
+    if comfy_dir is None:
+        from devtools.host import provision
+
+        comfy_dir = str(provision())
+    comfy_dir = str(Path(comfy_dir).resolve())
+    if comfy_dir not in sys.path:
+        sys.path.insert(0, comfy_dir)
+    import comfy.cli_args
+
+    comfy.cli_args.args.cpu = cpu
+    comfy.cli_args.args.disable_smart_memory = True  # keep our models where we put them
+    import comfy.clip_vision  # noqa: F401
+    import comfy.model_management  # noqa: F401
+    import comfy.sd  # noqa: F401
+    return comfy_dir
+
+
+def sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available() and not args.cpu
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+    device = torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
+    if world > 1:
+        # Long timeout: rank 0 may spend a while building the feature cache while the others wait.
+        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=datetime.timedelta(hours=6))
+    try:
+        return run(args, rank, world, device)
+    finally:
+        if world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def run(args, rank: int, world: int, device: torch.device) -> int:
+    comfy_dir = import_comfy(args.comfyui, cpu=device.type == "cpu")
+    import comfy.model_management as mm
+    import comfy.sd
+
+    from emma_core.ella_file import load_ella
+    from emma_core.train.emma import prepare_cache, train_emma_module
+    from emma_core.train.encoders import comfy_encoders
+    from emma_core.train.objective import comfy_epsilon_denoiser
+
+    patcher, _clip, vae, _ = comfy.sd.load_checkpoint_guess_config(args.checkpoint, output_vae=True,
+                                                                    output_clip=False, output_clipvision=False)
+    if rank == 0:
+        log.info("loaded %s (%s)", args.checkpoint, type(patcher.model).__name__)
+    cache_root = args.cache_root or os.path.join(args.dataset, ".emma_cache")
+    payload = [None]
+    if rank == 0:
+        from emma_core.t5 import T5TextEncoder, load_t5_encoder, load_tokenizer
+
+        t5_dtype = torch.float16 if device.type == "cuda" else torch.float32
+        t5 = T5TextEncoder(load_t5_encoder(args.t5, dtype=t5_dtype).to(device),
+                           load_tokenizer(os.path.join(comfy_dir, "comfy", "text_encoders", "t5_tokenizer")))
+        clip_vision = comfy.clip_vision.load(args.clip_vision) if args.clip_vision else None
+        analyzer = None
+        if args.modality == "face":
+            from emma_core.face import FaceAnalyzer
+
+            if not args.insightface_root:
+                raise SystemExit("--insightface-root is needed for face modules")
+            analyzer = FaceAnalyzer(args.insightface_root, args.pack, "cpu" if device.type == "cpu" else "auto")
+        names = {"t5": os.path.basename(args.t5.rstrip("/")), "vae": os.path.basename(args.checkpoint),
+                 "condition": os.path.basename(args.clip_vision) if args.clip_vision else f"insightface:{args.pack}"}
+        encoders = comfy_encoders(modality=args.modality, vae=vae, base_model=patcher.model, t5=t5,
+                                  resolution=args.resolution, text_length=args.text_length,
+                                  clip_vision=clip_vision, face_analyzer=analyzer, names=names)
+        report, names = prepare_cache(args.dataset, cache_root, encoders,
+                                      progress=lambda n, total: n % 50 == 0 and log.info("encoded %d/%d", n, total))
+        print(report.text(), flush=True)
+        payload = [(str(report.folder), names)]
+        del t5, clip_vision, analyzer
+    if world > 1:
+        dist.broadcast_object_list(payload, src=0)
+    cache_folder, names = payload[0]
+
+    mm.load_models_gpu([patcher], force_full_load=True)
+    base = patcher.model.requires_grad_(False).eval()
+    ella_dtype = torch.float16 if device.type == "cuda" else torch.float32
+    ella = load_ella(args.ella, dtype=ella_dtype).to(device)
+    config = TrainConfig(steps=args.steps, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
+                         weight_decay=args.weight_decay, warmup_iters=args.warmup_iters, grad_clip=args.grad_clip,
+                         precision=args.precision, val_every=args.val_every, early_stopping_patience=args.patience,
+                         checkpoint_every=args.checkpoint_every, log_every=args.log_every, seed=args.seed)
+    gc = {"auto": None, "on": True, "off": False}[args.gradient_checkpointing]
+
+    def on_step(step, total, record):
+        if rank == 0 and (step % max(1, args.log_every) == 0 or step == total):
+            extra = f" val {record['val_loss']:.5f}" if record.get("val_loss") is not None else ""
+            print(f"step {step}/{total} loss {record['loss']:.5f}{extra}", flush=True)
+
+    out = train_emma_module(cache_folder, names, modality=args.modality, ella=ella,
+                            denoiser=comfy_epsilon_denoiser(base), out_path=args.out, run_dir=args.run_dir,
+                            config=config, device=device, ella_sha256=sha256_file(args.ella) if rank == 0 else "",
+                            val_fraction=args.val_fraction, cond_dropout=args.cond_dropout,
+                            text_dropout=args.text_dropout, noise_offset=args.noise_offset,
+                            gradient_checkpointing=gc, init_from=args.init_from, resume=not args.no_resume,
+                            on_step=on_step, rank=rank)
+    if rank == 0:
+        r = out.result
+        print(f"wrote {out.module_path} (steps {r.step}, resumed from {r.resumed_from}, best validation "
+              f"{r.best_val_loss} at step {r.best_step}, processes {world}, train/held-out images "
+              f"{out.train_count}/{out.val_count})", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
