@@ -5,28 +5,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
-from skimage import data
 
+from devtools.datasets import face_dataset
 from devtools.host import free_port
 from devtools.run_workflow import ensure_input_images, prepare
 from emma_core.emma_module import load_module
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def face_dataset(folder: Path) -> Path:
-    """Four photos of one face (the public-domain astronaut) with captions that do not name her."""
-    folder.mkdir(parents=True, exist_ok=True)
-    photo = data.astronaut()
-    variants = [photo, photo[:, ::-1], np.clip(photo * 0.9, 0, 255).astype(np.uint8),
-                np.clip(photo.astype(np.float32) * [1.0, 0.95, 0.9], 0, 255).astype(np.uint8)]
-    for i, image in enumerate(variants):
-        Image.fromarray(np.ascontiguousarray(image)).resize((256, 256)).save(folder / f"face_{i}.png")
-        (folder / f"face_{i}.txt").write_text("a portrait photo of a person")
-    return folder
 
 
 @pytest.fixture(scope="module")
