@@ -19,13 +19,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
 from torch import nn
 
+from .atomic import write_atomic
 from .adapters import DEFAULT_DIMS, FEATURE_KINDS, FeatureAdapter, Features, make_adapter
 from .agpr import AGPRBlock
 from .ella import ELLAConfig
@@ -123,28 +123,7 @@ def save_module(module: EMMAModule, path: str, dtype: Optional[torch.dtype] = No
     tensors = {k: (v.to(dtype) if dtype is not None else v).detach().contiguous().cpu()
                for k, v in module.state_dict().items()}
     data = save(tensors, metadata=module.metadata())
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            _write(handle, data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)  # atomic on POSIX and Windows when both names are on one volume
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    try:  # make the rename itself durable; not possible (nor needed) on every platform
-        dir_fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
+    write_atomic(path, lambda handle: _write(handle, data))
 
 
 _REQUIRED = ("modality", "feature_kind", "feature_dims", "token_count", "blocks", "gate_scale")

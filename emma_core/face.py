@@ -1,12 +1,12 @@
 """Face features for EMMA's face modules: insightface ArcFace 512-d normed embeddings (antelopev2 / buffalo_l).
 
-    from emma_core.face import FaceAnalyzer, embed_faces, aligned_crop, save_face_features
+    from emma_core.face import FaceAnalyzer, embed_faces, aligned_crop
 
     analyzer = FaceAnalyzer(root="models/insightface", name="antelopev2")     # checks the folder first
     face = analyzer.analyze(rgb_uint8)                  # largest face; index=i picks left-to-right
     ref = embed_faces([img1, img2], analyzer)           # mean of normed embeddings, re-normalised
     crop = aligned_crop(rgb_uint8, face, size=224)      # ArcFace-aligned crop for portrait features
-    save_face_features("me.safetensors", ref, {"name": "me"})
+    # identities are saved with emma_core.features_file (the one features format of the pack)
 
 What this module guarantees (notes/users.md, complaints 1-4):
 - The pack folder is checked before insightface runs: missing root, missing pack (with the packs that do
@@ -14,7 +14,6 @@ What this module guarantees (notes/users.md, complaints 1-4):
   detector or recognizer are each a FaceError that names the folder and the fix. insightface is handed the
   absolute pack folder, so it never tries to download and never raises its bare AssertionError.
 - onnxruntime providers are always explicit; CUDA is used only when a probe session really runs on it.
-- Feature files are .safetensors with metadata format=emma-face-features (never pickle), written atomically.
 
 No ComfyUI imports; numpy + insightface (+ onnxruntime, onnx, opencv, which insightface depends on).
 torch is imported only where a torch tensor is handed in or asked for.
@@ -24,13 +23,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import tempfile
 import threading
 import warnings
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -39,8 +37,6 @@ log = logging.getLogger(__name__)
 EMBED_DIM = 512
 DEFAULT_DET_SIZE = (640, 640)
 DEFAULT_DET_THRESH = 0.5
-FEATURES_FORMAT = "emma-face-features"
-FEATURES_VERSION = 1
 FEATURE_KIND = "insightface-arcface-normed"
 
 # The released packs (models are routed by ONNX shape, so only the detector + recognizer matter to us).
@@ -462,106 +458,3 @@ def cached_analyzer(root, name="antelopev2", providers="auto", det_size=DEFAULT_
         with _ANALYZERS_LOCK:
             _ANALYZERS[key] = analyzer
     return analyzer
-
-
-# ---------------------------------------------------------------------------------------------------------
-# feature files
-
-_RESERVED_META = ("format", "format_version", "feature_kind", "dim", "count")
-
-
-def save_face_features(path: str | os.PathLike, emb: FaceEmbedding | np.ndarray | Any,
-                       meta: Mapping[str, Any] | None = None) -> Path:
-    """Write a .safetensors file: tensors "embedding" [512] and "embeddings" [count, 512], float32; metadata
-    format=emma-face-features, format_version, feature_kind, dim, count plus `meta` (as strings). Atomic."""
-    from safetensors.numpy import save_file
-
-    path = Path(path)
-    if path.suffix.lower() != ".safetensors":
-        raise FaceError(f"{path.name}: face features are saved as .safetensors; use a name ending in .safetensors")
-    if isinstance(emb, FaceEmbedding):
-        rows = emb.embeddings if emb.embeddings is not None else emb.embedding[None]
-        embedding = _normalise(emb.embedding, "embedding")
-        extra = dict(emb.meta)
-    else:
-        if hasattr(emb, "detach"):
-            emb = emb.detach().cpu().float().numpy()
-        rows = np.asarray(emb, dtype=np.float32)
-        rows = rows[None] if rows.ndim == 1 else rows
-        embedding = average_embeddings(rows)
-        extra = {}
-    rows = np.stack([_normalise(r, f"embedding {i + 1}") for i, r in enumerate(np.asarray(rows))])
-    reserved = sorted(k for k in (meta or {}) if k in _RESERVED_META)
-    if reserved:
-        raise FaceError(f"metadata keys {reserved} are reserved by the face-features format")
-    extra.update(meta or {})
-    metadata = {str(k): str(v) for k, v in extra.items() if k not in _RESERVED_META}
-    metadata.update({
-        "format": FEATURES_FORMAT,
-        "format_version": str(FEATURES_VERSION),
-        "feature_kind": FEATURE_KIND,
-        "dim": str(EMBED_DIM),
-        "count": str(int(rows.shape[0])),
-    })
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({"embedding": embedding, "embeddings": rows.astype(np.float32)}, tmp, metadata=metadata)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def load_face_features(path: str | os.PathLike) -> FaceEmbedding:
-    """Read a file written by save_face_features; anything else is a FaceError saying what it is."""
-    from safetensors import SafetensorError, safe_open
-
-    path = Path(path)
-    if not path.is_file():
-        raise FaceError(f"face features file not found: {path}")
-    if path.suffix.lower() != ".safetensors":
-        raise FaceError(f"{path.name}: only .safetensors face-feature files are loaded (pickled files can run "
-                        "code when opened)")
-    try:
-        with safe_open(str(path), framework="np") as f:
-            metadata = dict(f.metadata() or {})
-            tensors = {key: f.get_tensor(key) for key in f.keys()}
-    except (SafetensorError, OSError, ValueError) as error:
-        raise FaceError(f"{path.name} could not be read as .safetensors (truncated or corrupt file?): {error}"
-                        ) from error
-    kind = metadata.get("format")
-    if kind != FEATURES_FORMAT:
-        what = f"metadata format={kind!r}" if kind else "no 'format' metadata"
-        hint = ""
-        if kind and kind.startswith("emma"):
-            hint = " It looks like an EMMA module: load it with the EMMA module loader."
-        elif not kind and tensors:
-            hint = " It looks like a model weights file."
-        raise FaceError(f"{path.name} is not an EMMA face-features file ({what}; expected "
-                        f"format={FEATURES_FORMAT!r}).{hint}")
-    try:
-        version = int(metadata.get("format_version", "0"))
-    except ValueError:
-        version = -1
-    if version < 1 or version > FEATURES_VERSION:
-        raise FaceError(f"{path.name}: face-features format_version {metadata.get('format_version')!r} is not "
-                        f"supported (this version reads 1 to {FEATURES_VERSION}); update ComfyUI-EMMA")
-    if "embedding" not in tensors:
-        raise FaceError(f"{path.name} has no 'embedding' tensor (found {sorted(tensors)}): the file is damaged")
-    embedding = _normalise(tensors["embedding"], f"{path.name}: 'embedding'")
-    rows = tensors.get("embeddings")
-    if rows is not None:
-        rows = np.asarray(rows, dtype=np.float32)
-        if rows.ndim != 2 or rows.shape[1] != EMBED_DIM or rows.shape[0] < 1:
-            raise FaceError(f"{path.name}: 'embeddings' has shape {list(rows.shape)}, expected [count, {EMBED_DIM}]")
-    try:
-        count = int(metadata.get("count", rows.shape[0] if rows is not None else 1))
-    except ValueError:
-        count = rows.shape[0] if rows is not None else 1
-    meta = {k: v for k, v in metadata.items() if k not in _RESERVED_META}
-    return FaceEmbedding(embedding=embedding, count=count, embeddings=rows, meta=meta)

@@ -3,12 +3,9 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-
-import torch
-from safetensors.torch import save_file
 
 from .adapters import FEATURE_KINDS, Features
+from .atomic import save_safetensors_atomic
 from .state_dict import WeightsFileError, read_safetensors
 
 FORMAT = "emma-features"
@@ -20,16 +17,7 @@ def save_features(features: Features, path: str, meta: dict | None = None) -> st
     metadata = {"format": FORMAT, "format_version": str(VERSION), "feature_kind": features.kind,
                 "shapes": json.dumps({k: list(v.shape) for k, v in features.tensors.items()}),
                 "meta": json.dumps(meta or {})}
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".features-", suffix=".tmp", dir=folder)
-    os.close(fd)
-    try:
-        save_file({k: v.detach().float().cpu().contiguous() for k, v in features.tensors.items()}, tmp, metadata)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    save_safetensors_atomic(path, {k: v.float() for k, v in features.tensors.items()}, metadata)
     return path
 
 

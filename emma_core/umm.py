@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass
 from typing import Sequence
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
+from .atomic import save_safetensors_atomic
 from .state_dict import WeightsFileError, check_state_dict, expected_shapes, read_safetensors
 
 FORMAT = "umm-projector"
@@ -81,16 +80,7 @@ def mixed_guidance(pred_empty: torch.Tensor, pred_y: torch.Tensor, pred_u: torch
 def save_projector(projector: UMMProjector, path: str, training_steps: int = 0) -> None:
     metadata = {"format": FORMAT, "format_version": str(VERSION), "config": json.dumps(asdict(projector.config)),
                 "training_steps": str(training_steps)}
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".umm-", suffix=".tmp", dir=folder)
-    os.close(fd)
-    try:
-        save_file({k: v.detach().cpu().contiguous() for k, v in projector.state_dict().items()}, tmp, metadata)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    save_safetensors_atomic(path, projector.state_dict(), metadata)
 
 
 def load_projector(path: str, dtype: torch.dtype = torch.float32) -> UMMProjector:

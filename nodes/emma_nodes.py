@@ -17,7 +17,7 @@ from ..emma_core.face import FaceError, aligned_crop, cached_analyzer, embed_fac
 from ..emma_core.features_file import load_features, save_features
 from ..emma_core.state_dict import WeightsFileError
 from . import folders
-from .sampling import CONNECTOR_KEY, PROMPT_KEY
+from .sampling import PROMPT_KEY
 
 MODULE_TYPE = io.Custom("EMMA_MODULE")
 FEATURES_TYPE = io.Custom("EMMA_FEATURES")

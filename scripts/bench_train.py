@@ -63,7 +63,6 @@ def main(argv=None) -> int:
     from emma_core.adapters import DEFAULT_DIMS, Features
     from emma_core.ella import ELLA
     from emma_core.emma_module import EMMAConfig, EMMAModule
-    from emma_core.train.loop import TrainConfig
     from emma_core.train.objective import EMMATask
 
     config = dict(TINY_SD15_UNET)

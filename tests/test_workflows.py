@@ -1,6 +1,5 @@
 """Every shipped workflow: converts from the UI format and runs to a saved image on the real host server."""
 import json
-import shutil
 from pathlib import Path
 
 import pytest

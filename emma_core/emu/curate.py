@@ -360,7 +360,7 @@ def review_rows(result: CurationResult, previous: Optional[dict[str, Decision]] 
 
 def write_review_list(path: str | os.PathLike, result: CurationResult, keep_human: bool = True) -> int:
     """Write (atomically) the review list; returns how many human decisions from an existing list were kept."""
-    from ..train.atomic import write_atomic
+    from ..atomic import write_atomic
 
     path = Path(path)
     previous = read_review_list(path) if (keep_human and path.is_file()) else None

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..adapters import Features
-from ..train.atomic import write_atomic
+from ..atomic import write_atomic
 from ..train.cache import CacheEncoders, CachedDataset, Subset, build_cache, split_validation
 from ..train.dataset import DatasetItem, scan_dataset
 from ..train.loop import TrainConfig, train

@@ -27,7 +27,7 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from ..adapters import Features
-from .atomic import remove_stale_temporaries, write_atomic, write_json_atomic
+from ..atomic import remove_stale_temporaries, write_atomic, write_json_atomic
 from .dataset import DatasetItem, load_image, load_mask
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ from typing import Optional
 
 import torch
 
-from .atomic import remove_stale_temporaries, write_atomic, write_json_atomic
+from ..atomic import remove_stale_temporaries, write_atomic, write_json_atomic
 
 log = logging.getLogger(__name__)
 

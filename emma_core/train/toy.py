@@ -25,7 +25,6 @@ import argparse
 import hashlib
 import json
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -266,7 +265,7 @@ def learn(work: Path, steps: int = 300, pretrain_steps: int = 200, count: int = 
     config = TrainConfig(steps=steps, batch_size=16, lr=lr, warmup_iters=30, checkpoint_every=0,
                          val_every=max(1, steps // 6), log_every=10, seed=seed)
     t1 = time.perf_counter()
-    result = train(task, train_set, config, work / "emma-run", val_set=val_set, resume=False)
+    train(task, train_set, config, work / "emma-run", val_set=val_set, resume=False)
     t_train = time.perf_counter() - t1
     trained = evaluate(task, val_set, 16)
     swapped = evaluate(task, permuted_features(val_set), 16)

@@ -6,7 +6,7 @@ import io
 import json
 from pathlib import Path
 
-from .atomic import write_atomic, write_json_atomic
+from ..atomic import write_atomic, write_json_atomic
 
 FIELDS = ["step", "loss", "val_loss", "lr", "grad_norm", "seconds", "samples_per_second"]
 

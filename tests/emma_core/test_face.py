@@ -24,8 +24,6 @@ from emma_core.face import (
     check_pack,
     choose_providers,
     embed_faces,
-    load_face_features,
-    save_face_features,
     to_uint8_rgb,
 )
 
@@ -333,66 +331,3 @@ def test_cuda_probe_on_this_onnxruntime():
 
 
 # --- feature files --------------------------------------------------------------------------------------
-
-
-def test_save_load_round_trip(analyzer, tmp_path):
-    ref = embed_faces([face_a(), face_b()], analyzer)
-    path = save_face_features(tmp_path / "sub" / "me.safetensors", ref, {"name": "me", "note": 3})
-    assert path.is_file() and not list(path.parent.glob("*.tmp"))
-    loaded = load_face_features(path)
-    np.testing.assert_array_equal(loaded.embedding, ref.embedding)
-    np.testing.assert_array_equal(loaded.embeddings, ref.embeddings)
-    assert loaded.count == 2
-    assert loaded.meta["name"] == "me" and loaded.meta["note"] == "3" and loaded.meta["pack"] == "antelopev2"
-    # a bare vector works too, and overwriting is atomic (same path, new content)
-    save_face_features(path, analyzer.analyze(face_c()).embedding)
-    again = load_face_features(path)
-    assert again.count == 1 and not np.array_equal(again.embedding, ref.embedding)
-    with pytest.raises(FaceError, match="reserved"):
-        save_face_features(path, ref, {"format": "x"})
-    with pytest.raises(FaceError, match=".safetensors"):
-        save_face_features(tmp_path / "me.pt", ref)
-
-
-def test_corrupt_and_wrong_feature_files(tmp_path):
-    from safetensors.numpy import save_file
-
-    corrupt = tmp_path / "corrupt.safetensors"
-    corrupt.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
-    with pytest.raises(FaceError, match="corrupt.safetensors could not be read as .safetensors"):
-        load_face_features(corrupt)
-
-    good = save_face_features(tmp_path / "good.safetensors", np.ones(512, np.float32))
-    truncated = tmp_path / "truncated.safetensors"
-    truncated.write_bytes(good.read_bytes()[:-100])
-    with pytest.raises(FaceError, match="truncated or corrupt"):
-        load_face_features(truncated)
-
-    weights = tmp_path / "weights.safetensors"
-    save_file({"w": np.zeros((4, 4), np.float32)}, str(weights))
-    with pytest.raises(FaceError, match="not an EMMA face-features file .*no 'format' metadata"):
-        load_face_features(weights)
-
-    module = tmp_path / "module.safetensors"
-    save_file({"w": np.zeros(4, np.float32)}, str(module), metadata={"format": "emma-module"})
-    with pytest.raises(FaceError, match="format='emma-module'.*EMMA module loader"):
-        load_face_features(module)
-
-    future = tmp_path / "future.safetensors"
-    save_file({"embedding": np.ones(512, np.float32)}, str(future),
-              metadata={"format": "emma-face-features", "format_version": "9"})
-    with pytest.raises(FaceError, match="format_version '9' is not supported"):
-        load_face_features(future)
-
-    wrong_dim = tmp_path / "wrong_dim.safetensors"
-    save_file({"embedding": np.ones(128, np.float32)}, str(wrong_dim),
-              metadata={"format": "emma-face-features", "format_version": "1"})
-    with pytest.raises(FaceError, match="128 values, expected a 512-d"):
-        load_face_features(wrong_dim)
-
-    with pytest.raises(FaceError, match="not found"):
-        load_face_features(tmp_path / "missing.safetensors")
-    pickled = tmp_path / "face.pt"
-    pickled.write_bytes(b"\x80\x04")
-    with pytest.raises(FaceError, match="only .safetensors"):
-        load_face_features(pickled)

@@ -56,3 +56,11 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> None:
                 os.unlink(os.path.join(folder, name))
             except OSError:
                 pass
+
+
+def save_safetensors_atomic(path: str | os.PathLike, tensors: dict, metadata: dict | None = None) -> None:
+    """A .safetensors file written through write_atomic (the one way this package writes weights)."""
+    from safetensors.torch import save
+
+    data = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata=metadata)
+    write_atomic(path, lambda handle: handle.write(data))
