@@ -12,6 +12,7 @@ from ..emma_core.ella_file import OFFICIAL_FILENAME
 from ..emma_core.prompt import ELLAPrompt
 from ..emma_core.state_dict import WeightsFileError
 from ..emma_core.t5 import FIXED_LENGTH
+from .errors import node_error
 from . import folders
 from .handles import load_ella_handle, load_t5_handle
 from .sampling import CONNECTOR_KEY, PROMPT_KEY, apply_to_model
@@ -23,10 +24,6 @@ LENGTH_MODES = ["flexible", f"fixed {FIXED_LENGTH}"]
 # combine nodes need one) for graphs without the Apply node; with it, every call is recomputed exactly.
 PLACEHOLDER_TIMESTEP = 500.0
 TOKENIZER_DIR = os.path.join(os.path.dirname(folder_paths.__file__), "comfy", "text_encoders", "t5_tokenizer")
-
-
-def node_error(node: str, message: str) -> ValueError:
-    return ValueError(f"[{node}] {message}")
 
 
 class LoadELLA(io.ComfyNode):

@@ -16,16 +16,13 @@ from ..emma_core.emma_module import load_module
 from ..emma_core.face import FaceError, aligned_crop, cached_analyzer, embed_faces, to_uint8_rgb
 from ..emma_core.features_file import load_features, save_features
 from ..emma_core.state_dict import WeightsFileError
+from .errors import node_error
 from . import folders
 from .sampling import PROMPT_KEY
 
 MODULE_TYPE = io.Custom("EMMA_MODULE")
 FEATURES_TYPE = io.Custom("EMMA_FEATURES")
 CONDITIONS_TYPE = io.Custom("EMMA_CONDITIONS")
-
-
-def node_error(node: str, message: str) -> ValueError:
-    return ValueError(f"[{node}] {message}")
 
 
 class EMMAModuleHandle:

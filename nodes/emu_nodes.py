@@ -16,12 +16,9 @@ from ..emma_core.emu.curate import (REVIEW_NAME, CurationConfig, aesthetic_head,
 from ..emma_core.emu.quality_tune import EmuRecipe, prepare_dataset, quality_tune, save_lora
 from ..emma_core.train.curve import image_tensor, render_loss_curve
 from ..emma_core.train.objective import comfy_epsilon_denoiser
+from .errors import node_error
 
 DEFAULT_LORA = "emu-quality-tuned"
-
-
-def node_error(node: str, message: str) -> ValueError:
-    return ValueError(f"[{node}] {message}")
 
 
 def _folder(path: str, node: str) -> Path:

@@ -17,12 +17,13 @@ from ..emma_core.train.emma import prepare_cache, train_emma_module
 from ..emma_core.train.encoders import TEXT_LENGTHS, comfy_encoders
 from ..emma_core.train.loop import TrainConfig
 from ..emma_core.train.objective import comfy_epsilon_denoiser
+from .errors import node_error as shared_node_error
 from .ella_nodes import ELLA_TYPE, T5_TYPE
 from .emma_nodes import insightface_packs, insightface_root
 
 
 def node_error(message: str) -> ValueError:
-    return ValueError(f"[EMMA Train Module] {message}")
+    return shared_node_error("EMMA Train Module", message)
 
 
 def _trainable_copy(module: torch.nn.Module) -> None:

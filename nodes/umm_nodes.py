@@ -7,13 +7,10 @@ from comfy_api.latest import io
 
 from ..emma_core.state_dict import WeightsFileError
 from ..emma_core.umm import find_subject, load_projector, replace_positions
+from .errors import node_error
 from . import folders
 
 PROJECTOR_TYPE = io.Custom("UMM_PROJECTOR")
-
-
-def node_error(node: str, message: str) -> ValueError:
-    return ValueError(f"[{node}] {message}")
 
 
 class LoadProjector(io.ComfyNode):
