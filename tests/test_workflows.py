@@ -48,3 +48,19 @@ def test_workflow_runs_to_a_saved_image(comfy_server, path):
     with Image.open(images[0]) as im:
         assert im.size == (64, 64)
     json.dumps(graph)  # what was queued is plain JSON
+
+
+def test_a_failing_face_prompt_reports_the_node_and_the_server_keeps_serving(comfy_server):
+    """A reference image without a face is a node error in the history, not a crash of the server."""
+    from devtools.host import ComfyExecutionError
+
+    ensure_input_images(comfy_server.input_dir, comfy_server.comfy_dir)
+    Image.new("RGB", (256, 256), (128, 128, 128)).save(Path(comfy_server.input_dir) / "no_face.png")
+    prepared = prepare(REPO / "workflows" / "emma_text_face.json", comfy_server.object_info())
+    (image,) = [n for n in prepared.graph.values() if n["class_type"] == "LoadImage"
+                and n["inputs"]["image"] == "emma_face.png"]
+    image["inputs"]["image"] = "no_face.png"
+    with pytest.raises(ComfyExecutionError) as info:
+        comfy_server.run(prepared.graph, timeout=600)
+    assert "[EMMA Face Features] no face found in image 1 of 1" in str(info.value)
+    assert "EMMAFaceFeatures" in comfy_server.object_info(refresh=True)  # still up and answering
