@@ -71,3 +71,43 @@ def test_guider_equals_stock_dual_cfg_with_cfg1_sw_cfg2_s(umm):
     assert torch.allclose(ours, stock, atol=1e-5, rtol=1e-5), (ours - stock).abs().max()
     other_w = run(umm, m["UMMGuider"].execute(umm["model"], umm["h_u"], umm["h_y"], umm["negative"], S, 0.9).result[0], 3)
     assert (other_w - ours).abs().max() > 1e-3  # w is a real knob
+
+
+def test_projector_trained_on_the_shared_trainer_drives_the_workflow(umm, comfy_server, models_root, tmp_path):
+    """Real dimensions (ViT-H 1024 -> CLIP-L 768), the tiny SD1.5 UNet as the frozen denoiser, a few steps of
+    the shared loop; the saved file loads and runs the shipped UMM workflow on the server."""
+    from pathlib import Path
+
+    from devtools.run_workflow import ensure_input_images, prepare
+    from emma_core.train.cache import InMemoryDataset
+    from emma_core.train.loop import TrainConfig, train
+    from emma_core.train.objective import comfy_epsilon_denoiser
+    from emma_core.train.umm import UMMTask
+    from emma_core.umm import UMMProjector, load_projector, save_projector
+
+    h_y = umm["h_y"][0][0][0].float()
+    positions = (umm["h_u"][0][0][0] - umm["h_y"][0][0][0]).abs().amax(-1).nonzero().flatten().tolist()
+    g = torch.Generator().manual_seed(0)
+    samples = [{"latents": torch.randn(4, 8, 8, generator=g), "h_y": h_y, "positions": positions,
+                "image_embeds": torch.randn(1024, generator=g)} for _ in range(4)]
+    torch.manual_seed(0)
+    projector = UMMProjector()
+    task = UMMTask(projector, comfy_epsilon_denoiser(umm["model"].model))
+    result = train(task, InMemoryDataset(samples), TrainConfig(steps=2, batch_size=2, checkpoint_every=0,
+                                                               val_every=0, log_every=1), tmp_path / "run",
+                   resume=False)
+    assert len(result.records) >= 2
+    name = "umm-trained-test.safetensors"
+    save_projector(projector, str(models_root / "umm" / name), training_steps=2)
+    try:
+        loaded = load_projector(str(models_root / "umm" / name))
+        assert torch.equal(loaded.mlp[0].weight, projector.mlp[0].weight)
+        info = comfy_server.object_info(refresh=True)
+        prepared = prepare(Path(__file__).resolve().parents[2] / "workflows" / "umm_subject.json", info)
+        (loader,) = [n for n in prepared.graph.values() if n["class_type"] == "UMMLoadProjector"]
+        loader["inputs"]["projector_name"] = name
+        ensure_input_images(comfy_server.input_dir, comfy_server.comfy_dir)
+        history = comfy_server.run(prepared.graph, timeout=900)
+        assert len(comfy_server.output_images(history)) == 1
+    finally:
+        (models_root / "umm" / name).unlink()
