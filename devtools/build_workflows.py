@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+import uuid
 from pathlib import Path
 
 WORKFLOWS_DIR = Path(__file__).resolve().parents[1] / "workflows"
@@ -16,6 +17,15 @@ SD15_CHECKPOINT = "v1-5-pruned-emaonly-fp16.safetensors"
 ELLA_FILE = "ella-sd1.5-tsc-t5xl.safetensors"
 T5_FOLDER = "flan-t5-xl/"
 CANNY_CONTROLNET = "control_v11p_sd15_canny_fp16.safetensors"
+MODEL_URLS = {  # the same downloads as [[tool.comfy.Models]] in pyproject.toml
+    SD15_CHECKPOINT: "https://huggingface.co/Comfy-Org/stable-diffusion-v1-5-archive/resolve/main/"
+                     "v1-5-pruned-emaonly-fp16.safetensors",
+    ELLA_FILE: "https://huggingface.co/QQGYLab/ELLA/resolve/main/ella-sd1.5-tsc-t5xl.safetensors",
+    CANNY_CONTROLNET: "https://huggingface.co/comfyanonymous/ControlNet-v1-1_fp16_safetensors/resolve/main/"
+                      "control_v11p_sd15_canny_fp16.safetensors",
+    "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors":
+        "https://huggingface.co/h94/IP-Adapter/resolve/main/models/image_encoder/model.safetensors",
+}
 POSITIVE = ("A photograph of a red vintage bicycle leaning against a weathered blue wooden door. "
             "Morning sunlight casts long shadows across the cobblestone street, and a small potted "
             "plant with white flowers sits on the doorstep. Shallow depth of field, warm tones.")
@@ -88,8 +98,11 @@ class UIWorkflow:
         }
         if title:
             node["title"] = title
-        if models:
-            node["properties"]["models"] = models
+        # The frontend's schema wants a download url per listed model; files with no single download (the
+        # T5 folder, trained EMMA/UMM/Emu files) are named in the Note and the README instead.
+        downloadable = [dict(m, url=MODEL_URLS[m["name"]]) for m in models or [] if m["name"] in MODEL_URLS]
+        if downloadable:
+            node["properties"]["models"] = downloadable
         self.nodes.append(node)
         for slot, (name, (source, source_slot)) in enumerate((inputs or {}).items()):
             src = self.nodes[source - 1]
@@ -101,7 +114,7 @@ class UIWorkflow:
         return node_id
 
     def to_json(self) -> dict:
-        return {"id": None, "revision": 0, "last_node_id": len(self.nodes), "last_link_id": len(self.links),
+        return {"id": "", "revision": 0, "last_node_id": len(self.nodes), "last_link_id": len(self.links),
                 "nodes": self.nodes, "links": self.links, "groups": [], "config": {},
                 "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}}, "version": 0.4}
 
@@ -334,10 +347,15 @@ WORKFLOWS = {
 
 
 def main() -> int:
+    from .thumbnails import write_thumbnails
+
     WORKFLOWS_DIR.mkdir(exist_ok=True)
     for name, build in WORKFLOWS.items():
-        (WORKFLOWS_DIR / name).write_text(json.dumps(build(), indent=1) + "\n")
+        workflow = build()
+        workflow["id"] = str(uuid.uuid5(uuid.NAMESPACE_URL, "comfyui-emma/workflows/" + name))  # stable ids
+        (WORKFLOWS_DIR / name).write_text(json.dumps(workflow, indent=1) + "\n")
         print(WORKFLOWS_DIR / name)
+    write_thumbnails(WORKFLOWS_DIR)
     return 0
 
 

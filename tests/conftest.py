@@ -34,6 +34,7 @@ HOST_FIXTURES = {"comfy_server", "comfy_stock", "comfy_inprocess"}
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "host: uses the real ComfyUI host (provisioned tree, server or in-process)")
+    config.addinivalue_line("markers", "install: builds fresh virtual environments (slow)")
 
 
 def pytest_collection_modifyitems(session, config, items):
