@@ -83,3 +83,14 @@ def prepare(ui_path: Path, object_info: dict, *, small: bool | None = None, step
         if node["class_type"] in ("KSampler", "BasicScheduler") and (small or steps):
             node["inputs"]["steps"] = steps or 3
     return PreparedGraph(graph, used)
+
+
+def run_with_file(server, workflow: Path, class_type: str, input_name: str, file_name: str,
+                  timeout: float = 900) -> list[Path]:
+    """Run a shipped workflow on `server` with one loader pointed at a file just written into its models
+    (a freshly trained module, projector or LoRA); stand-ins elsewhere. Returns the saved images."""
+    prepared = prepare(Path(workflow), server.object_info(refresh=True))
+    (loader,) = [n for n in prepared.graph.values() if n["class_type"] == class_type]
+    loader["inputs"][input_name] = file_name
+    ensure_input_images(server.input_dir, server.comfy_dir)
+    return server.output_images(server.run(prepared.graph, timeout=timeout))

@@ -55,3 +55,14 @@ def read_safetensors(path: str) -> tuple[dict[str, torch.Tensor], dict[str, str]
         raise WeightsFileError(f"{os.path.basename(path)} could not be read as .safetensors "
                                f"(truncated or corrupt download?): {error}") from error
     return tensors, metadata
+
+
+def sha256_file(path: str) -> str:
+    """Hex sha256 of a file, read in 4 MiB chunks (module files record the ELLA file they were trained on)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -1,7 +1,6 @@
 """Train an EMMA module inside ComfyUI: the user's MODEL + VAE + ELLA + T5 and a dataset folder."""
 from __future__ import annotations
 
-import hashlib
 import os
 
 import comfy.model_management as mm
@@ -12,6 +11,7 @@ from comfy_api.latest import io
 
 from ..emma_core.ella import ELLA
 from ..emma_core.face import FaceError, cached_analyzer
+from ..emma_core.state_dict import sha256_file
 from ..emma_core.train.curve import image_tensor, render_loss_curve
 from ..emma_core.train.emma import prepare_cache, train_emma_module
 from ..emma_core.train.encoders import TEXT_LENGTHS, comfy_encoders
@@ -137,11 +137,7 @@ def _ella_sha256(ella) -> str:
         path = folder_paths.get_full_path("ella", ella.name)
         if not path:
             return ""
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 22), b""):
-                h.update(chunk)
-        return h.hexdigest()
+        return sha256_file(path)
     except OSError:
         return ""
 

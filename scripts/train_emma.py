@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import hashlib
 import logging
 import os
 import sys
@@ -33,6 +32,7 @@ if str(REPO) not in sys.path:
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
+from emma_core.state_dict import sha256_file  # noqa: E402
 from emma_core.train.loop import TrainConfig  # noqa: E402
 
 log = logging.getLogger("train_emma")
@@ -98,14 +98,6 @@ def import_comfy(comfy_dir: str | None, cpu: bool):
     import comfy.model_management  # noqa: F401
     import comfy.sd  # noqa: F401
     return comfy_dir
-
-
-def sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def main(argv=None) -> int:

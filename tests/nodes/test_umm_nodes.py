@@ -78,7 +78,7 @@ def test_projector_trained_on_the_shared_trainer_drives_the_workflow(umm, comfy_
     the shared loop; the saved file loads and runs the shipped UMM workflow on the server."""
     from pathlib import Path
 
-    from devtools.run_workflow import ensure_input_images, prepare
+    from devtools.run_workflow import run_with_file
     from emma_core.train.cache import InMemoryDataset
     from emma_core.train.loop import TrainConfig, train
     from emma_core.train.objective import comfy_epsilon_denoiser
@@ -102,12 +102,7 @@ def test_projector_trained_on_the_shared_trainer_drives_the_workflow(umm, comfy_
     try:
         loaded = load_projector(str(models_root / "umm" / name))
         assert torch.equal(loaded.mlp[0].weight, projector.mlp[0].weight)
-        info = comfy_server.object_info(refresh=True)
-        prepared = prepare(Path(__file__).resolve().parents[2] / "workflows" / "umm_subject.json", info)
-        (loader,) = [n for n in prepared.graph.values() if n["class_type"] == "UMMLoadProjector"]
-        loader["inputs"]["projector_name"] = name
-        ensure_input_images(comfy_server.input_dir, comfy_server.comfy_dir)
-        history = comfy_server.run(prepared.graph, timeout=900)
-        assert len(comfy_server.output_images(history)) == 1
+        workflow = Path(__file__).resolve().parents[2] / "workflows" / "umm_subject.json"
+        assert len(run_with_file(comfy_server, workflow, "UMMLoadProjector", "projector_name", name)) == 1
     finally:
         (models_root / "umm" / name).unlink()

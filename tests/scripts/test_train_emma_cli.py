@@ -9,7 +9,7 @@ import pytest
 
 from devtools.datasets import face_dataset
 from devtools.host import free_port
-from devtools.run_workflow import ensure_input_images, prepare
+from devtools.run_workflow import run_with_file
 from emma_core.emma_module import load_module
 
 REPO = Path(__file__).resolve().parents[2]
@@ -52,12 +52,8 @@ def test_trained_module_drives_a_workflow_in_the_host(trained_module, comfy_serv
     name = "emma-trained-face-test.safetensors"
     shutil.copyfile(out, models_root / "emma" / name)
     try:
-        info = comfy_server.object_info(refresh=True)
-        prepared = prepare(REPO / "workflows" / "emma_text_face.json", info)
-        (loader,) = [n for n in prepared.graph.values() if n["class_type"] == "EMMALoadModule"]
-        loader["inputs"]["module_name"] = name
-        ensure_input_images(comfy_server.input_dir, comfy_server.comfy_dir)
-        history = comfy_server.run(prepared.graph, timeout=900)
-        assert len(comfy_server.output_images(history)) == 1
+        images = run_with_file(comfy_server, REPO / "workflows" / "emma_text_face.json", "EMMALoadModule",
+                               "module_name", name)
+        assert len(images) == 1
     finally:
         (models_root / "emma" / name).unlink()
