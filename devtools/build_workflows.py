@@ -125,7 +125,7 @@ def ella_text_nodes(w: UIWorkflow, y=0):
                  models=[{"name": SD15_CHECKPOINT, "directory": "checkpoints"}])
     ella = w.add("EMMALoadELLA", [ELLA_FILE], pos=(0, y + 150), size=(320, 60),
                  models=[{"name": ELLA_FILE, "directory": "ella"}])
-    t5 = w.add("EMMALoadT5", [T5_FOLDER, "auto"], pos=(0, y + 260), size=(320, 80))
+    t5 = w.add("EMMALoadT5", [T5_FOLDER, "auto", False], pos=(0, y + 260), size=(320, 80))
     positive = w.add("EMMATextEncode", [POSITIVE, "flexible"], {"ella": (ella, 0), "t5": (t5, 0)},
                      pos=(380, y), size=(420, 220), title="ELLA Text Encode (positive)")
     negative = w.add("EMMATextEncode", ["", "flexible"], {"ella": (ella, 0), "t5": (t5, 0)},

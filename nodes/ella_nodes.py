@@ -60,22 +60,32 @@ class LoadT5(io.ComfyNode):
             inputs=[
                 io.Combo.Input("t5_name", options=folders.t5_choices()),
                 io.Combo.Input("precision", options=["auto", "fp16", "bf16", "fp32"], default="auto"),
+                io.Boolean.Input("keep_loaded", default=False, optional=True,
+                                 tooltip="Off: T5 leaves the compute device when sampling starts (GPU: moved "
+                                         "to RAM; CPU only: its weights are freed and read from the file again "
+                                         "for the next new prompt). On: ComfyUI unloads it only when short of "
+                                         "memory. Repeated prompts never run T5 either way."),
             ],
             outputs=[T5_TYPE.Output(display_name="T5")],
         )
 
     @classmethod
-    def execute(cls, t5_name, precision) -> io.NodeOutput:
+    def execute(cls, t5_name, precision, keep_loaded=False) -> io.NodeOutput:
         path = folders.resolve_t5(t5_name)
         try:
-            return io.NodeOutput(load_t5_handle(path, t5_name, TOKENIZER_DIR, precision))
+            return io.NodeOutput(load_t5_handle(path, t5_name, TOKENIZER_DIR, precision, keep_loaded))
         except WeightsFileError as error:
             raise node_error("Load flan-T5 Encoder", str(error)) from error
 
 
 def ella_conditioning(ella, t5, text: str, length: str, clip_conditioning=None):
     fixed = FIXED_LENGTH if length != "flexible" else None
-    features = t5.encode(text, fixed)
+    try:
+        features = t5.encode(text, fixed)
+    except WeightsFileError as error:  # T5 freed while sampling on the CPU, and its file changed since
+        raise node_error("ELLA Text Encode", f"could not read the T5 encoder {t5.name} again: {error}\n"
+                         "Put the file back, or reload it with Load flan-T5 Encoder (keep_loaded on keeps "
+                         "T5 in memory between prompts)") from error
     if features.shape[-1] != ella.connector.config.input_dim:
         raise node_error("ELLA Text Encode", f"the T5 encoder {t5.name} gives {features.shape[-1]}-d features "
                          f"but the connector expects {ella.connector.config.input_dim} (flan-t5-xl)")

@@ -1,8 +1,12 @@
 """Objects that travel on the pack's own sockets: a loaded connector and a loaded T5 encoder."""
 from __future__ import annotations
 
+import gc
 import logging
+import time
+import weakref
 from dataclasses import dataclass
+from typing import Callable, Optional
 
 import comfy.model_management as mm
 import comfy.model_patcher
@@ -31,31 +35,92 @@ def load_ella_handle(path: str, name: str) -> ELLAHandle:
     return ELLAHandle(name, comfy.model_patcher.ModelPatcher(connector, device, mm.unet_offload_device()))
 
 
-@dataclass
+# Every T5 handle alive in this process, so that sampling can take them off the compute device (see
+# release_t5_encoders); weak, so a handle ComfyUI's cache drops is not kept alive here.
+_LIVE_T5: "weakref.WeakSet[T5Handle]" = weakref.WeakSet()
+
+
+@dataclass(eq=False)
 class T5Handle:
+    """A flan-T5 encoder on the EMMA_T5 socket.
+
+    T5 (1.2 B parameters) is needed only while new prompts are encoded. It stays loaded between the encodes
+    of one run (positive, negative, ...) and leaves the compute device when sampling starts
+    (release_t5_encoders, called from the model Apply ELLA/EMMA returns): with a GPU it moves to RAM; on a
+    CPU-only machine, where RAM is the compute device's memory, its weights are freed and read from the file
+    again (`reload`) for the next new prompt. keep_loaded leaves it to ComfyUI's own memory management.
+    """
+
     name: str
     encoder: T5TextEncoder
     patcher: comfy.model_patcher.ModelPatcher
+    reload: Optional[Callable[[], torch.nn.Module]] = None
+    keep_loaded: bool = False
+    reloads: int = 0
+    last_reload_s: Optional[float] = None
+
+    def __post_init__(self):
+        _LIVE_T5.add(self)
+
+    @property
+    def weights_loaded(self) -> bool:
+        return next(self.encoder.model.parameters()).device.type != "meta"
 
     def encode(self, text: str, fixed_length):
         if self.encoder.cached(text, fixed_length):
             return self.encoder.encode(text, fixed_length)  # a repeated prompt never touches T5
+        if not self.weights_loaded:
+            self._reload()
         mm.load_model_gpu(self.patcher)
-        try:
-            return self.encoder.encode(text, fixed_length)
-        finally:
+        return self.encoder.encode(text, fixed_length)
+
+    def release(self) -> str:
+        """Take T5 off the compute device now; returns what was done (for logs and the benchmark)."""
+        if self.keep_loaded or not self.weights_loaded:
+            return "kept" if self.keep_loaded else "not loaded"
+        if self.patcher.load_device != self.patcher.offload_device:
             release_from_device(self.patcher)
+            return "offloaded"
+        if torch.device(self.patcher.load_device) != torch.device(mm.get_torch_device()):
+            return "not on the compute device"  # e.g. T5 on the CPU of a low-VRAM GPU machine
+        if self.reload is None:
+            return "kept (no file to read it from again)"
+        _unlist(self.patcher)
+        self.encoder.model.to("meta")
+        gc.collect()
+        return "freed"
+
+    def _reload(self) -> None:
+        t0 = time.perf_counter()
+        model = self.reload()
+        self.encoder.model = model
+        self.patcher = comfy.model_patcher.ModelPatcher(_Holder(model), self.patcher.load_device,
+                                                        self.patcher.offload_device)
+        self.reloads += 1
+        self.last_reload_s = time.perf_counter() - t0
+        log.info("EMMA: flan-T5 %s read again from its file in %.1f s (its weights are freed while sampling "
+                 "on the CPU; set keep_loaded on Load flan-T5 Encoder to keep them)", self.name, self.last_reload_s)
 
 
-def release_from_device(patcher) -> None:
-    """Move a model back to its offload device now. T5 (2.3 GB in fp16) is needed only while encoding;
-    ComfyUI would keep it on the GPU until the UNet ran short of memory."""
-    if patcher.load_device == patcher.offload_device:
-        return
+def release_t5_encoders() -> dict[str, str]:
+    """Take every loaded T5 off the compute device (called as sampling starts)."""
+    return {handle.name: handle.release() for handle in list(_LIVE_T5)}
+
+
+def _unlist(patcher) -> None:
+    """Drop `patcher` from ComfyUI's loaded models (unpatching it first)."""
     for index in range(len(mm.current_loaded_models) - 1, -1, -1):
         loaded = mm.current_loaded_models[index]
         if loaded.model is patcher and loaded.model_unload():
             mm.current_loaded_models.pop(index)
+
+
+def release_from_device(patcher) -> None:
+    """Move a model back to its offload device now; ComfyUI would keep it on the GPU until the UNet ran
+    short of memory."""
+    if patcher.load_device == patcher.offload_device:
+        return
+    _unlist(patcher)
     mm.soft_empty_cache()
 
 
@@ -67,7 +132,8 @@ class _Holder(torch.nn.Module):
         self.inner = inner
 
 
-def load_t5_handle(path: str, name: str, tokenizer_dir: str, precision: str = "auto") -> T5Handle:
+def load_t5_handle(path: str, name: str, tokenizer_dir: str, precision: str = "auto",
+                   keep_loaded: bool = False) -> T5Handle:
     device = mm.text_encoder_device()
     dtype, notice = compute_dtype(device, precision)
     if notice:
@@ -75,4 +141,5 @@ def load_t5_handle(path: str, name: str, tokenizer_dir: str, precision: str = "a
     model = load_t5_encoder(path, dtype=dtype)
     encoder = T5TextEncoder(model, load_tokenizer(tokenizer_dir))
     patcher = comfy.model_patcher.ModelPatcher(_Holder(model), device, mm.text_encoder_offload_device())
-    return T5Handle(name, encoder, patcher)
+    return T5Handle(name, encoder, patcher, reload=lambda: load_t5_encoder(path, dtype=dtype),
+                    keep_loaded=keep_loaded)

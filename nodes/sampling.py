@@ -2,6 +2,7 @@
 
 It runs before ControlNet and the UNet read the conditioning, so both see the same per-step context,
 and it works for every sampler and scheduler because it converts the sigma of the call itself.
+A second keyed wrapper (OUTER_SAMPLE) takes flan-T5 off the compute device as sampling starts.
 """
 from __future__ import annotations
 
@@ -10,7 +11,10 @@ import comfy.model_management
 import comfy.patcher_extension
 import torch
 
+from .handles import release_t5_encoders
+
 WRAPPER_KEY = "emma.ella_context"
+RELEASE_KEY = "emma.release_t5"  # OUTER_SAMPLE: T5 leaves the compute device before the UNet is loaded
 PROMPT_KEY = "emma_prompt"  # the emma_core.prompt.ELLAPrompt of a conditioning entry
 CONNECTOR_KEY = "emma_connector"  # the nodes-side ELLA handle (its ModelPatcher) of that entry
 
@@ -51,10 +55,17 @@ def ella_context_wrapper(executor, model, conds, x_in, timestep, model_options):
     return executor(model, conds, x_in, timestep, model_options)
 
 
+def release_t5_wrapper(executor, *args, **kwargs):
+    release_t5_encoders()
+    return executor(*args, **kwargs)
+
+
 def apply_to_model(model):
     """A clone of `model` that evaluates ELLA/EMMA prompts per call; the given model is untouched."""
     patched = model.clone()
-    patched.remove_wrappers_with_key(comfy.patcher_extension.WrappersMP.CALC_COND_BATCH, WRAPPER_KEY)
-    patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.CALC_COND_BATCH, WRAPPER_KEY,
-                                 ella_context_wrapper)
+    wrappers = comfy.patcher_extension.WrappersMP
+    for kind, key, wrapper in ((wrappers.CALC_COND_BATCH, WRAPPER_KEY, ella_context_wrapper),
+                               (wrappers.OUTER_SAMPLE, RELEASE_KEY, release_t5_wrapper)):
+        patched.remove_wrappers_with_key(kind, key)
+        patched.add_wrapper_with_key(kind, key, wrapper)
     return patched

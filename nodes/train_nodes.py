@@ -110,6 +110,7 @@ class TrainModule(io.ComfyNode):
                 raise node_error(str(error)) from error
             print(f"[EMMA Train Module] {report.text()}")
 
+            t5.release()  # the loop reads only the cache: T5 leaves the compute device before the UNet loads
             mm.load_models_gpu([model], force_full_load=True)
             base = model.model
             _trainable_copy(base)

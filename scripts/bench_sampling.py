@@ -22,13 +22,10 @@ See docs/performance.md for the method and the recorded results.
 from __future__ import annotations
 
 import argparse
-import datetime
 import gc
 import importlib
 import json
-import math
 import os
-import platform
 import statistics
 import sys
 import threading
@@ -39,28 +36,14 @@ from typing import Callable, Optional
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+from devtools.real_size import FLAN_T5_XL, SD15_UNET, machine_info, random_state_dict  # noqa: E402
 DEFAULT_MODELS = REPO_ROOT / ".cache" / "test-models"
 
 PROMPT = ("A weathered lighthouse keeper stands on a rocky shore at dusk, holding a brass lantern. "
           "Behind him the sea is grey and restless, and gulls circle the tower's red and white stripes. "
           "The scene is painted in the loose, warm brushwork of a nineteenth-century oil study.")
-
-# SD1.5's UNet, exactly as ComfyUI's model detection describes it (comfy/model_detection.py, SD15).
-SD15_UNET = dict(
-    image_size=32, in_channels=4, out_channels=4, model_channels=320, num_res_blocks=[2, 2, 2, 2],
-    channel_mult=[1, 2, 4, 4], transformer_depth=[1, 1, 1, 1, 1, 1, 0, 0], transformer_depth_middle=1,
-    transformer_depth_output=[1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0], num_heads=8, context_dim=768,
-    use_spatial_transformer=True, use_linear_in_transformer=False, legacy=False, adm_in_channels=None,
-    use_checkpoint=False, use_temporal_attention=False, use_temporal_resblock=False,
-)
-
-# google/flan-t5-xl's encoder (1.22 B parameters).
-FLAN_T5_XL = dict(
-    vocab_size=32128, d_model=2048, d_kv=64, num_heads=32, d_ff=5120, num_layers=24,
-    feed_forward_proj="gated-gelu", relative_attention_num_buckets=32, relative_attention_max_distance=128,
-    layer_norm_epsilon=1e-6, is_encoder_decoder=False, use_cache=False, tie_word_embeddings=False,
-)
-
 
 # ------------------------------------------------------------------------------------------------ FLOPs
 def _sdpa_flop(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
@@ -226,56 +209,6 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def machine_info(device: torch.device) -> dict:
-    cpu = platform.processor() or "?"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    mem = None
-    try:
-        with open("/proc/meminfo") as f:
-            mem = int(f.readline().split()[1]) * 1024
-    except OSError:
-        pass
-    info = dict(cpu=cpu, logical_cpus=os.cpu_count(), torch_threads=torch.get_num_threads(),
-                memory_bytes=mem, python=platform.python_version(), torch=torch.__version__,
-                platform=platform.platform(), device=str(device),
-                date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                load_average_at_start=list(os.getloadavg()))
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
-
-
-def fill_random_(module: torch.nn.Module, seed: int, embed_std: float = 1.0, device="cpu") -> torch.nn.Module:
-    """Materialise a meta-device module with random weights, tensor by tensor (fast, deterministic):
-    norms 1, biases 0, embeddings N(0, embed_std), other weights N(0, 1/fan_in) with fan_in = every axis
-    but the first (so convolutions and linears keep activations O(1) through a deep stack)."""
-    gen = torch.Generator().manual_seed(seed)
-    state = {}
-    for name, meta in module.state_dict(keep_vars=True).items():
-        leaf = name.rsplit(".", 1)[-1]
-        shape = meta.shape
-        if not meta.is_floating_point():
-            state[name] = torch.zeros(shape, dtype=meta.dtype)
-        elif leaf == "bias":
-            state[name] = torch.zeros(shape)
-        elif ("norm" in name or "layer_norm" in name) and len(shape) == 1:
-            state[name] = torch.ones(shape)
-        elif "embed" in name or "shared" in name or "relative_attention_bias" in name:
-            state[name] = torch.randn(shape, generator=gen).mul_(embed_std)
-        elif len(shape) >= 2:
-            state[name] = torch.randn(shape, generator=gen).mul_(math.prod(shape[1:]) ** -0.5)
-        else:
-            state[name] = torch.randn(shape, generator=gen).mul_(0.02)
-    return state
-
-
 def median(values):
     return statistics.median(values) if values else None
 
@@ -342,7 +275,7 @@ class Bench:
         t0 = time.perf_counter()
         with torch.device("meta"):
             skeleton = UNetModel(**SD15_UNET)
-        sd = fill_random_(skeleton, seed=1)
+        sd = random_state_dict(skeleton, seed=1)
         del skeleton
         params = sum(v.numel() for v in sd.values())
         t1 = time.perf_counter()
@@ -427,38 +360,43 @@ class Bench:
         gc.collect()
 
     # ---- T5 ---------------------------------------------------------------------------------------
-    def t5(self):
+    def _t5_file(self) -> Path:
+        """flan-t5-xl's encoder with random weights, written once as fp16 .safetensors in the layout of the
+        released encoder-only files, so the benchmark loads (and reloads) it through the pack's own loader."""
         from transformers import T5Config, T5EncoderModel
 
-        import comfy.model_patcher
+        path = REPO_ROOT / ".cache" / "bench-models" / "flan-t5-xl-encoder-random-seed5.fp16.safetensors"
+        if path.is_file():
+            return path
+        atomic = self.pack("emma_core.atomic")
+        t0 = time.perf_counter()
+        with torch.device("meta"):
+            skeleton = T5EncoderModel(T5Config(**FLAN_T5_XL))
+        state = random_state_dict(skeleton, seed=5, embed_std=1.0)
+        state.pop("encoder.embed_tokens.weight", None)  # tied to shared.weight; written once, as HF does
+        state = {k: v.half() for k, v in state.items()}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic.save_safetensors_atomic(path, state, {"format": "pt"})
+        log(f"wrote {path.name} ({path.stat().st_size / 2**30:.2f} GiB) in {time.perf_counter() - t0:.1f} s")
+        return path
 
-        t5mod = self.pack("emma_core.t5")
+    def t5(self):
         handles = self.pack("nodes.handles")
         ella_nodes = self.pack("nodes.ella_nodes")
+        path = self._t5_file()
+        gc.collect()
         t0 = time.perf_counter()
-        config = T5Config(**FLAN_T5_XL)
-        with torch.device("meta"):
-            model = T5EncoderModel(config)
-        state = fill_random_(model, seed=5, embed_std=1.0)
-        state.pop("encoder.embed_tokens.weight", None)
-        model.load_state_dict(state, strict=False, assign=True)
-        del state
-        if hasattr(model, "tie_weights"):
-            model.tie_weights()
-        text_device = self.mm.text_encoder_device()
-        dtype, _ = t5mod.compute_dtype(text_device, "auto")
-        model = model.to(dtype=dtype).eval().requires_grad_(False)
-        params = sum(p.numel() for p in model.parameters())
-        encoder = t5mod.T5TextEncoder(model, t5mod.load_tokenizer(ella_nodes.TOKENIZER_DIR))
-        patcher = comfy.model_patcher.ModelPatcher(handles._Holder(model), text_device,
-                                                   self.mm.text_encoder_offload_device())
-        self.t5_handle = handles.T5Handle("flan-t5-xl (random, real size)", encoder, patcher)
-        build_s = time.perf_counter() - t0
-        log(f"flan-t5-xl encoder: {params / 1e9:.3f} B params, {dtype}, built in {build_s:.1f} s; "
+        self.t5_handle = handles.load_t5_handle(str(path), "flan-t5-xl (random, real size)", ella_nodes.TOKENIZER_DIR,
+                                                "auto", keep_loaded=self.args.keep_t5)
+        load_s = time.perf_counter() - t0
+        encoder, patcher = self.t5_handle.encoder, self.t5_handle.patcher
+        params = sum(p.numel() for p in encoder.model.parameters())
+        dtype = next(encoder.model.parameters()).dtype
+        log(f"flan-t5-xl encoder: {params / 1e9:.3f} B params, {dtype}, loaded from {path.name} in {load_s:.1f} s; "
             f"load device {patcher.load_device}, offload device {patcher.offload_device}")
 
         forwards = [0]
-        hook = model.register_forward_pre_hook(lambda *a: forwards.__setitem__(0, forwards[0] + 1))
+        hook = encoder.model.register_forward_pre_hook(lambda *a: forwards.__setitem__(0, forwards[0] + 1))
         try:
             tokens = encoder.token_ids(PROMPT)[0].shape[1]
             sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
@@ -483,35 +421,38 @@ class Bench:
         if not torch.isfinite(first).all():
             raise RuntimeError("random T5 gave non-finite features")
         assert torch.equal(first, again)
-        on_device = self._t5_resident()
         self.results["t5"] = dict(
-            params=params, dtype=str(dtype), build_s=build_s, prompt=PROMPT, prompt_tokens=tokens,
+            file=path.name, params=params, dtype=str(dtype), load_s=load_s, prompt=PROMPT, prompt_tokens=tokens,
             first_encode_s=first_s, repeated_encode_s=repeat_s, repeated_cache_hit=hit,
             repeated_t5_forwards=repeat_forwards,
             node_repeated_encode_s=node_repeat_s, node_repeated_cache_hit=node_hit,
             cache_hits_total=encoder.cache_hits, t5_forward_calls_total=forwards[0],
             load_device=str(patcher.load_device), offload_device=str(patcher.offload_device),
-            after_encode=on_device)
-        if device_is_cpu_and_free := (self.device.type == "cpu" and not self.args.keep_t5):
-            # On the CPU T5 has nowhere to be released to; its 4.9 GB would only push a shared machine into
-            # swap or the OOM killer. The patcher stays (so the residency probe still sees ComfyUI's view).
-            for param in model.parameters():
-                param.data = torch.empty(0)
-            gc.collect()
-        self.results["t5"]["weights_freed_by_benchmark_after_encode"] = device_is_cpu_and_free
+            keep_loaded=self.args.keep_t5, after_encodes=self._t5_resident())
         log(f"T5 encode: first {fmt_s(first_s)} ({tokens} tokens), repeated {fmt_s(repeat_s)} "
             f"(cache hit: {hit}, T5 forwards on repeat: {repeat_forwards}); the ELLA Text Encode node on it "
-            f"{fmt_s(node_repeat_s)} (hit: {node_hit}); after encode: {on_device}")
+            f"{fmt_s(node_repeat_s)} (hit: {node_hit}); after the encodes: {self.results['t5']['after_encodes']}")
+
+    def t5_new_prompt_after_sampling(self):
+        """What the next new prompt costs once sampling has released T5 (on the CPU: read from the file)."""
+        before = self._t5_resident()
+        t0 = time.perf_counter()
+        self.t5_handle.encode(PROMPT + " Seen from the sea.", None)
+        total = time.perf_counter() - t0
+        self.results["t5"]["new_prompt_after_sampling"] = dict(
+            before=before, total_s=total, reloads=self.t5_handle.reloads, reload_s=self.t5_handle.last_reload_s)
+        log(f"T5 after sampling: {before}; a new prompt took {fmt_s(total)} "
+            f"(reading T5 again: {fmt_s(self.t5_handle.last_reload_s)})")
 
     def _t5_resident(self) -> dict:
-        patcher = self.t5_handle.patcher
-        listed = any(lm.model is patcher for lm in self.mm.current_loaded_models)
-        param = next(self.t5_handle.encoder.model.parameters())
-        separate = patcher.load_device != patcher.offload_device
-        return dict(in_current_loaded_models=listed, weights_device=str(param.device),
-                    separate_compute_device=separate,
-                    resident_on_compute_device=(param.device.type == torch.device(patcher.load_device).type)
-                    if separate else None)
+        handle = self.t5_handle
+        listed = any(lm.model is handle.patcher for lm in self.mm.current_loaded_models)
+        params = list(handle.encoder.model.parameters())
+        held = sum(p.numel() * p.element_size() for p in params if p.device.type != "meta")
+        compute = torch.device(self.mm.get_torch_device())
+        return dict(in_current_loaded_models=listed, weights_device=str(params[0].device), weights_bytes=held,
+                    compute_device=str(compute),
+                    resident_on_compute_device=held > 0 and params[0].device.type == compute.type)
 
     # ---- conditioning -----------------------------------------------------------------------------
     def conditioning(self):
@@ -691,11 +632,13 @@ class Bench:
             rows.append(f"| peak memory during sampling, {s['labels'][n]} | +{fmt_gb(pc['delta_bytes_median'])} "
                         f"over {fmt_gb(pc['baseline_bytes_median'])} |")
         during = mem["t5_during_sampling"]["assembled"] or {}
-        rows.append("| T5 on the compute device during sampling | "
-                    + ("no separate compute device (CPU): T5 weights stay in RAM, listed in ComfyUI's loaded models: "
-                       f"{during.get('in_current_loaded_models')}" if not during.get("separate_compute_device")
-                       else f"{during.get('resident_on_compute_device')} (listed: {during.get('in_current_loaded_models')})")
-                    + " |")
+        rows.append(f"| T5 during sampling (at every UNet call) | resident on the compute device ({during.get('compute_device')}): "
+                    f"{during.get('resident_on_compute_device')}; weights held: {fmt_gb(during.get('weights_bytes'))}; "
+                    f"in ComfyUI's loaded models: {during.get('in_current_loaded_models')} |")
+        after = t5.get("new_prompt_after_sampling")
+        if after:
+            rows.append(f"| T5, a new prompt after sampling | {fmt_s(after['total_s'])} (of which reading T5 again: "
+                        f"{fmt_s(after['reload_s'])}; T5 load at start: {fmt_s(t5['load_s'])}) |")
         rows.append(f"| face features per image (InsightFace, 512x512) | {fmt_s(feat['face']['per_image_s'])} |")
         rows.append(f"| CLIP ViT-H image features per image | {fmt_s(feat['clip_vision']['per_image_s'])} |")
         return "\n".join(rows)
@@ -708,7 +651,8 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=2, help="interleaved repeats of each configuration (default 2)")
     p.add_argument("--feature-repeats", type=int, default=2, help="timed feature extractions per kind, after one untimed")
     p.add_argument("--keep-t5", action="store_true",
-                   help="on the CPU, keep T5's weights in RAM after encoding (default: free them; the cache serves)")
+                   help="Load flan-T5 Encoder's keep_loaded: T5 stays where it is while sampling (default: the "
+                        "pack releases it as sampling starts)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--models-root", type=Path, default=DEFAULT_MODELS,
                    help="stand-in model files (devtools/standins), generated when missing")
@@ -737,6 +681,7 @@ def main(argv=None) -> int:
     bench.conditioning()
     bench.flops()
     bench.sampling()
+    bench.t5_new_prompt_after_sampling()
     bench.results["machine"]["load_average_at_end"] = list(os.getloadavg())
     bench.results["total_s"] = time.perf_counter() - t_start
     s = bench.results["sampling"]

@@ -8,6 +8,7 @@ Fixtures:
     comfy_server     a running ComfyServer with this repo loaded as the pack (one per session)
     comfy_stock      ComfyUI imported in this process, model folders registered, pack NOT loaded
     comfy_inprocess  comfy_stock + the pack loaded through ComfyUI's own loader
+    one_thread       torch on 1 thread for a module (training tests: far faster than 2 on a shared machine)
 
 Tests using the host fixtures get the `host` marker automatically: `pytest -m "not host"` skips them.
 """
@@ -128,3 +129,13 @@ def comfy_inprocess(comfy_stock):
 
     pack_nodes = host.load_pack_in_process(comfy_stock.models_root, comfy_dir=comfy_stock.comfy_dir)
     return SimpleNamespace(**vars(comfy_stock), pack_nodes=pack_nodes)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

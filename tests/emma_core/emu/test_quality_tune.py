@@ -16,14 +16,6 @@ PATIENCE = 3
 
 
 @pytest.fixture(scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # far faster than 2 threads on a shared machine
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
 def sd15(comfy_inprocess, standins, one_thread):
     loader = comfy_inprocess.nodes.NODE_CLASS_MAPPINGS["CheckpointLoaderSimple"]()
     model, clip, vae = loader.load_checkpoint(standins["checkpoints"])[:3]

@@ -12,12 +12,7 @@ from emma_core.train.umm import UMMTask, unified_context
 from emma_core.umm import UMMProjector, load_projector, replace_positions, save_projector
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_unified_context_shared_and_per_row_positions():
