@@ -467,11 +467,12 @@ class ComfyServer:
 _INPROC: dict[str, Any] = {}
 
 
-def import_comfy(comfy_dir: Optional[os.PathLike] = None, *, builtin_nodes: bool = True) -> dict:
-    """Import ComfyUI from comfy_dir into this process (once) and return its main modules.
+def import_comfy(comfy_dir: Optional[os.PathLike] = None, *, builtin_nodes: bool = True, cpu: bool = True) -> dict:
+    """Import ComfyUI from comfy_dir into this process (once) and return its main modules; `cpu=False` lets
+    ComfyUI pick the GPU (benchmarks), as a server started without --cpu would.
 
     Order matters: `args.cpu` must be set before comfy.model_management is imported (it picks the
-    device at import), and utils.extra_config must be imported before nodes (nodes.py puts comfy/ first
+    device and the attention implementation at import, the only time it reads the flag), and utils.extra_config must be imported before nodes (nodes.py puts comfy/ first
     on sys.path, after which `import utils` finds comfy/utils.py). Reuses a ComfyUI another helper
     (devtools.comfy_inproc) already imported.
     """
@@ -491,7 +492,7 @@ def import_comfy(comfy_dir: Optional[os.PathLike] = None, *, builtin_nodes: bool
 
     import comfy.cli_args
 
-    comfy.cli_args.args.cpu = True
+    comfy.cli_args.args.cpu = cpu
     import comfy.model_management
     import utils.extra_config  # noqa: F401  before `nodes`, see above
     import folder_paths

@@ -91,26 +91,40 @@ class FeatureAdapter(nn.Module):
         return {name: t.to(param.device, param.dtype) for name, t in features.tensors.items()}
 
 
-class FaceAdapter(FeatureAdapter):
-    """ArcFace 512-d identity embedding -> `tokens` tokens, LayerNorm (IP-Adapter FaceID's projection form)."""
+class VectorTokensAdapter(FeatureAdapter):
+    """One global vector -> `tokens` tokens through a linear projection and a LayerNorm (IP-Adapter's
+    projection form). Subclasses name the vector and may prepare it."""
 
-    kind = "face"
+    vector: str = ""
 
     def __init__(self, dims: Mapping[str, tuple[int, ...]], width: int = 768, tokens: int = 4):
         super().__init__(dims, width)
         self.tokens = tokens
-        self.proj = nn.Linear(self.dims["embedding"][0], width * tokens)
+        self.proj = nn.Linear(self.dims[self.vector][0], width * tokens)
         self.norm = nn.LayerNorm(width)
 
     @property
     def num_tokens(self) -> int:
         return self.tokens
 
+    def prepare(self, vector: torch.Tensor) -> torch.Tensor:
+        return vector
+
     def forward(self, features: Features) -> torch.Tensor:
+        vector = self.prepare(self._inputs(features)[self.vector])
+        return self.norm(rearrange(self.proj(vector), "b (n d) -> b n d", n=self.tokens))
+
+
+class FaceAdapter(VectorTokensAdapter):
+    """ArcFace 512-d identity embedding -> `tokens` tokens, LayerNorm (IP-Adapter FaceID's projection form)."""
+
+    kind = "face"
+    vector = "embedding"
+
+    def prepare(self, vector: torch.Tensor) -> torch.Tensor:
         # ArcFace identity lives in the direction only; re-normalising makes insightface's raw `embedding`
         # (norm ~20) and its `normed_embedding` give the same tokens.
-        embedding = F.normalize(self._inputs(features)["embedding"], dim=-1)
-        return self.norm(rearrange(self.proj(embedding), "b (n d) -> b n d", n=self.tokens))
+        return F.normalize(vector, dim=-1)
 
 
 class CLIPTokensAdapter(FeatureAdapter):
@@ -151,25 +165,12 @@ class CLIPTokensAdapter(FeatureAdapter):
         return torch.cat([hidden, global_token], dim=1)
 
 
-class StyleAdapter(FeatureAdapter):
+class StyleAdapter(VectorTokensAdapter):
     """CLIP image_embeds only -> `tokens` tokens, LayerNorm: the global embedding carries style, and leaving
     the patch tokens out keeps the reference image's content from leaking in (the paper's choice)."""
 
     kind = "style"
-
-    def __init__(self, dims: Mapping[str, tuple[int, ...]], width: int = 768, tokens: int = 4):
-        super().__init__(dims, width)
-        self.tokens = tokens
-        self.proj = nn.Linear(self.dims["embeds"][0], width * tokens)
-        self.norm = nn.LayerNorm(width)
-
-    @property
-    def num_tokens(self) -> int:
-        return self.tokens
-
-    def forward(self, features: Features) -> torch.Tensor:
-        embeds = self._inputs(features)["embeds"]
-        return self.norm(rearrange(self.proj(embeds), "b (n d) -> b n d", n=self.tokens))
+    vector = "embeds"
 
 
 ADAPTERS: dict[str, type[FeatureAdapter]] = {

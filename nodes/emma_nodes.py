@@ -17,6 +17,7 @@ from ..emma_core.face import FaceError, aligned_crop, cached_analyzer, embed_fac
 from ..emma_core.features_file import load_features, save_features
 from ..emma_core.state_dict import WeightsFileError
 from .errors import node_error
+from .handles import connector_dtype
 from . import folders
 from .sampling import PROMPT_KEY
 
@@ -47,10 +48,8 @@ class LoadModule(io.ComfyNode):
     @classmethod
     def execute(cls, module_name) -> io.NodeOutput:
         path = folder_paths.get_full_path_or_raise("emma", module_name)
-        device = mm.get_torch_device()
-        dtype = torch.float16 if mm.should_use_fp16(device, prioritize_performance=False) else torch.float32
         try:
-            module = load_module(path, dtype=dtype)
+            module = load_module(path, dtype=connector_dtype())
         except WeightsFileError as error:
             raise node_error("Load EMMA Module", str(error)) from error
         return io.NodeOutput(EMMAModuleHandle(module_name, module))

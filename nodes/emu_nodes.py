@@ -42,6 +42,15 @@ def _folder_state(folder: Path, *files: Path) -> str:
     return h.hexdigest()
 
 
+def _dataset_fingerprint(folder: str, review_list: str, node: str) -> str:
+    """fingerprint_inputs of the nodes that read a dataset folder and its review list."""
+    try:
+        f = _folder(folder, node)
+    except ValueError:
+        return folder
+    return _folder_state(f, _review_path(f, review_list or ""))
+
+
 def _pil_batch(pages) -> torch.Tensor:
     return torch.cat([image_tensor(p) for p in pages])
 
@@ -123,11 +132,7 @@ class EmuCurateFolder(io.ComfyNode):
 
     @classmethod
     def fingerprint_inputs(cls, folder, review_list="", **kwargs):
-        try:
-            f = _folder(folder, "Emu Curate Folder")
-        except ValueError:
-            return folder
-        return _folder_state(f, _review_path(f, review_list or ""))
+        return _dataset_fingerprint(folder, review_list, "Emu Curate Folder")
 
     @classmethod
     def execute(cls, folder, min_side, min_aspect, max_aspect, remove_duplicates, duplicate_distance,
@@ -208,11 +213,7 @@ class EmuQualityTune(io.ComfyNode):
 
     @classmethod
     def fingerprint_inputs(cls, folder, review_list="", **kwargs):
-        try:
-            f = _folder(folder, "Emu Quality-Tune")
-        except ValueError:
-            return folder
-        return _folder_state(f, _review_path(f, review_list or ""))
+        return _dataset_fingerprint(folder, review_list, "Emu Quality-Tune")
 
     @classmethod
     def execute(cls, model, clip, vae, folder, review_list, lora_name, mode, max_steps, learning_rate, rank,

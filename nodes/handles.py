@@ -28,10 +28,14 @@ class ELLAHandle:
         return self.patcher.model
 
 
+def connector_dtype() -> torch.dtype:
+    """The dtype of the connector and of every EMMA module: their residuals are summed, so they must agree."""
+    return torch.float16 if mm.should_use_fp16(mm.get_torch_device(), prioritize_performance=False) else torch.float32
+
+
 def load_ella_handle(path: str, name: str) -> ELLAHandle:
     device = mm.get_torch_device()
-    dtype = torch.float16 if mm.should_use_fp16(device, prioritize_performance=False) else torch.float32
-    connector = load_ella(path, dtype=dtype)
+    connector = load_ella(path, dtype=connector_dtype())
     return ELLAHandle(name, comfy.model_patcher.ModelPatcher(connector, device, mm.unet_offload_device()))
 
 
@@ -79,7 +83,9 @@ class T5Handle:
         if self.keep_loaded or not self.weights_loaded:
             return "kept" if self.keep_loaded else "not loaded"
         if self.patcher.load_device != self.patcher.offload_device:
-            release_from_device(self.patcher)
+            # ComfyUI would keep T5 on the GPU until the UNet ran short of memory.
+            _unlist(self.patcher)
+            mm.soft_empty_cache()
             return "offloaded"
         if torch.device(self.patcher.load_device) != torch.device(mm.get_torch_device()):
             return "not on the compute device"  # e.g. T5 on the CPU of a low-VRAM GPU machine
@@ -108,20 +114,11 @@ def release_t5_encoders() -> dict[str, str]:
 
 
 def _unlist(patcher) -> None:
-    """Drop `patcher` from ComfyUI's loaded models (unpatching it first)."""
+    """Drop `patcher` from ComfyUI's loaded models (unloading it to its offload device first)."""
     for index in range(len(mm.current_loaded_models) - 1, -1, -1):
         loaded = mm.current_loaded_models[index]
         if loaded.model is patcher and loaded.model_unload():
             mm.current_loaded_models.pop(index)
-
-
-def release_from_device(patcher) -> None:
-    """Move a model back to its offload device now; ComfyUI would keep it on the GPU until the UNet ran
-    short of memory."""
-    if patcher.load_device == patcher.offload_device:
-        return
-    _unlist(patcher)
-    mm.soft_empty_cache()
 
 
 class _Holder(torch.nn.Module):

@@ -238,7 +238,7 @@ class Bench:
         if requested == "auto":
             requested = "cuda" if torch.cuda.is_available() else "cpu"
         t0 = time.perf_counter()
-        mods = import_comfy() if requested == "cpu" else self._import_comfy_gpu()
+        mods = import_comfy(cpu=requested == "cpu")
         self.standins = ensure_standins(self.args.models_root, verbose=True)
         load_pack_in_process(self.args.models_root)
         self.nodes = mods["nodes"]
@@ -251,22 +251,6 @@ class Bench:
 
         comfy.utils.PROGRESS_BAR_ENABLED = False
         log(f"ComfyUI imported, pack loaded in {time.perf_counter() - t0:.1f} s; compute device {self.device}")
-
-    def _import_comfy_gpu(self):
-        """host.import_comfy sets args.cpu = True before comfy.model_management picks its device (at import,
-        the only place ComfyUI reads the flag): import model_management first, with the flag off."""
-        from devtools import host
-
-        comfy_dir = host.provision()
-        sys.path.insert(0, str(comfy_dir))
-        import comfy.cli_args
-
-        comfy.cli_args.args.cpu = False
-        import comfy.model_management  # noqa: F401  (device chosen here: the GPU)
-
-        mods = host.import_comfy(comfy_dir)
-        comfy.cli_args.args.cpu = False
-        return mods
 
     def build_unet(self):
         import comfy.sd

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -62,13 +63,9 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     device = torch.device(args.device)
     command = "python " + " ".join(["scripts/bench_train.py", *(sys.argv[1:] if argv is None else argv)])
-    if device.type == "cuda":
-        import os
-
-        os.environ.setdefault("EMMA_BENCH_GPU", "1")
     from devtools.host import import_comfy
 
-    import_comfy(args.comfyui, builtin_nodes=False)
+    import_comfy(args.comfyui, builtin_nodes=False, cpu=device.type == "cpu")
     from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 
     from devtools.real_size import machine_info, random_sd15_unet
@@ -143,7 +140,7 @@ def main(argv=None) -> int:
         log(f"round {r + 1}: " + ", ".join(f"{n} {times[n][-1]:.2f} s" for n in runs))
     med = {n: statistics.median(v) for n, v in times.items()}
     paired = statistics.median(s_ / b_ for s_, b_ in zip(times["step"], times["bare"]))
-    machine["load_average_at_end"] = list(__import__("os").getloadavg())
+    machine["load_average_at_end"] = list(os.getloadavg())
     result = {
         "command": command, "machine": machine, "real_size": args.real, "batch": b, "latent": [4, side, side],
         "text_tokens": args.text, "modality": args.modality, "autocast": str(amp) if amp else None,
