@@ -1,22 +1,23 @@
-"""Assembling several EMMA modules into one ELLA call, without retraining (paper, "assemblable").
+"""Assembling EMMA modules into one ELLA call, without retraining (paper, "assemblable").
 
 Inside PR block i's slot, every active module's AGPR block adds its gated residual to the SAME stream:
 
     L = L + sum_m lambda_m * AttnGate_m(L) * TimeAwareAttn_m(L, C_m, t)
     L = L + sum_m lambda_m * FFNGate_m(L)  * TimeAwareFFN_m(L, t)
 
-with lambda_m = gate_scale_m (from the file) * the user's weight at this step. Summing instead of chaining
+with lambda_m = gate_scale_m (from the file) * the module's weight at this call. Summing instead of chaining
 is what makes the order of the modules irrelevant and each module see the stream it was trained on.
 
-Usage per connector call (the node layer owns progress and caching):
+This is the one implementation of the gated residual: inference (prompt.ELLAPrompt.context, any number of
+modules, one weight each) and training (train.objective.EMMATask, one module, a weight per row: 0 for rows
+whose condition is dropped) both build their `after_block` here.
 
-    branches = branches_at(inputs, progress)
-    context = ella(text, timesteps, after_block=assembled_after_block(branches))
+    context = ella(text, timesteps, after_block=assembled_after_block([Branch(module, tokens, weight), ...]))
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Sequence, Union
 
 import torch
 
@@ -36,35 +37,14 @@ class ConditionInput:
     end: float = 1.0    # 0 = the first step (highest noise), 1 = the end of sampling
 
 
-def active_weight(weight: float, start: float, end: float, progress: float) -> float:
-    """The weight to use at `progress`, or 0.0 when progress is outside [start, end] (both inclusive).
-
-    Contract: `progress` in [0, 1] is where the current sigma lies along the schedule, i.e. the p with
-    model_sampling.percent_to_sigma(p) == sigma. Because percent_to_sigma decreases, the node layer may
-    equally test `percent_to_sigma(end) <= sigma <= percent_to_sigma(start)`, which is how ComfyUI applies
-    its own timestep ranges (ConditioningSetTimestepRange): same result, inclusive at both ends.
-    start > end gives a range that is never active, as in ComfyUI.
-    """
-    return float(weight) if start <= progress <= end else 0.0
-
-
 @dataclass
 class Branch:
-    """An active module at one connector call: its condition tokens (computed once) and its weight."""
+    """A module taking part in one connector call: its condition tokens (computed once) and its weight,
+    one number for every row or a tensor with one per row (training drops the condition of some rows)."""
 
     module: EMMAModule
-    tokens: torch.Tensor  # [1 or B, n, 768], from module.condition_tokens(features)
-    weight: float
-
-
-def branches_at(inputs: Iterable[ConditionInput], progress: float) -> list[Branch]:
-    """The branches active at `progress`; inactive ones and weight 0 are left out (adapter not run)."""
-    branches = []
-    for item in inputs:
-        weight = active_weight(item.weight, item.start, item.end, progress)
-        if weight != 0.0:
-            branches.append(Branch(item.module, item.module.condition_tokens(item.features), weight))
-    return branches
+    tokens: torch.Tensor  # [1 or B, n, width], from module.condition_tokens(features)
+    weight: Union[float, torch.Tensor]
 
 
 def _batched(branch: Branch, rows: int) -> torch.Tensor:
@@ -77,13 +57,29 @@ def _batched(branch: Branch, rows: int) -> torch.Tensor:
                      f"latents have {rows}: give one image (used for every row) or one per row")
 
 
+def _scale(branch: Branch, rows: int, dtype: torch.dtype) -> Union[float, torch.Tensor]:
+    """lambda of a branch: a float, or [rows, 1, 1] for per-row weights."""
+    gate_scale = branch.module.config.gate_scale
+    if not torch.is_tensor(branch.weight):
+        return gate_scale * float(branch.weight)
+    weight = branch.weight.reshape(-1)
+    if weight.shape[0] not in (1, rows):
+        raise ValueError(f"EMMA {branch.module.config.modality} branch has {weight.shape[0]} weights for "
+                         f"{rows} rows")
+    return (gate_scale * weight.to(dtype)).view(-1, 1, 1)
+
+
+def _skipped(branch: Branch) -> bool:
+    return not torch.is_tensor(branch.weight) and branch.weight * branch.module.config.gate_scale == 0.0
+
+
 def assembled_after_block(branches: Sequence[Branch]) -> AfterBlock:
     """ELLA's `after_block` hook that adds every branch's summed gated residuals after each PR block.
 
-    Branches with lambda 0 (weight 0 or gate scale 0) are skipped entirely, not multiplied by 0, so they
-    cannot add floating-point noise; with no branch left the hook returns ELLA's latents untouched.
+    Branches with a scalar lambda of 0 (weight 0 or gate scale 0) are skipped entirely, not multiplied by 0,
+    so they cannot add floating-point noise; with no branch left the hook returns ELLA's latents untouched.
     """
-    branches = [b for b in branches if b.weight * b.module.config.gate_scale != 0.0]
+    branches = [b for b in branches if not _skipped(b)]
 
     def after_block(index: int, latents: torch.Tensor, time_embedding: torch.Tensor) -> torch.Tensor:
         if not branches:
@@ -97,8 +93,7 @@ def assembled_after_block(branches: Sequence[Branch]) -> AfterBlock:
                                  f"but ELLA called block {index}")
             # A module may run in another dtype than ELLA: compute in the module's, add in ELLA's.
             dtype = blocks[index].separable_gate.weight.dtype
-            scale = branch.module.config.gate_scale * branch.weight
-            active.append((blocks[index], scale, _batched(branch, rows).to(dtype), dtype))
+            active.append((blocks[index], _scale(branch, rows, dtype), _batched(branch, rows).to(dtype), dtype))
 
         attn = sum(block.attention_residual(latents.to(dtype), tokens, time_embedding.to(dtype), scale)
                    .to(latents.dtype) for block, scale, tokens, dtype in active)

@@ -5,7 +5,7 @@ The resampler exposes an `after_block` hook: EMMA's gated branches run between i
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Callable, Optional
 
 import torch
@@ -18,6 +18,9 @@ from .timestep import sinusoid
 
 @dataclass(frozen=True)
 class ELLAConfig:
+    """The defaults are the released SD1.5 connector; a connector file other than the released one carries
+    its own (ella_file.py). `width` is also the UNet's cross-attention width (there is no output projection)."""
+
     time_channels: int = 320
     time_embed_dim: int = 768
     width: int = 768
@@ -25,6 +28,31 @@ class ELLAConfig:
     heads: int = 8
     num_latents: int = 64
     input_dim: int = 2048
+
+    def __post_init__(self):
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"ELLA config {f.name} must be a positive whole number, got {value!r}")
+        if self.width % self.heads:
+            raise ValueError(f"ELLA width {self.width} is not divisible by heads {self.heads}")
+        if self.time_channels % 2:
+            raise ValueError(f"ELLA time_channels must be even (cosine and sine halves), got {self.time_channels}")
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "ELLAConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown ELLA config keys {unknown}; known: {sorted(known)}")
+        return cls(**values)
+
+    def describe(self) -> str:
+        return (f"width {self.width}, {self.layers} blocks, {self.heads} heads, {self.num_latents} latents, "
+                f"time embedding {self.time_embed_dim}, text features {self.input_dim}")
 
 
 class TimestepEmbedding(nn.Module):

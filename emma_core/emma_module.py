@@ -1,16 +1,18 @@
 """An EMMA condition module: feature adapter + one AGPR block after each of ELLA's PR blocks, and its file.
 
 File: .safetensors, tensors named after this module's parameters ("adapter.*", "branch.<i>.*"), and
-string metadata (notes/emma.md, format version 1):
+string metadata (docs/emma-design.md, format version 2):
 
     format          "emma-module"
-    format_version  "1"
+    format_version  "2"              (version 1 files, made for the released SD1.5 connector, still load)
     modality        face | object | portrait | style | custom
     feature_kind    face | clip_tokens | style
     feature_dims    JSON {"hidden": [257, 1280], "embeds": [1024]}  (batch axis left out)
     token_count     condition tokens the adapter gives, e.g. "4" or "258"
     blocks          AGPR blocks, one after each PR block: "6"
     gate_scale      lambda, e.g. "1.0" (the user's weight multiplies it)
+    ella_config     JSON of the ELLA connector's configuration the branch lives in (v2; v1 = the released one)
+    feature_encoder what made the features it was trained on, e.g. "CLIP ViT-H/14" ("" when unknown; v2)
     ella_sha256     sha256 of the ELLA file the module was trained against ("" when unknown)
     training_steps  optimizer steps the weights have seen
 """
@@ -32,24 +34,28 @@ from .ella import ELLAConfig
 from .state_dict import WeightsFileError, check_state_dict, expected_shapes, read_safetensors
 
 FORMAT_NAME = "emma-module"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READS = ("1", "2")  # version 1: no ella_config (the released connector), no feature_encoder
 MODALITIES = ("face", "object", "portrait", "style", "custom")
 MODALITY_KINDS = {"face": "face", "object": "clip_tokens", "portrait": "clip_tokens", "style": "style"}
 DEFAULT_TOKENS = {"face": 4, "style": 4}
-# The branch lives inside ELLA's connector, so its widths are ELLA's (v1: SD1.5 connector only).
-_ELLA = ELLAConfig()
 
 
 @dataclass(frozen=True)
 class EMMAConfig:
-    """Unset fields take the modality's defaults (custom modules must name their feature kind)."""
+    """Unset fields take the modality's defaults (custom modules must name their feature kind).
+
+    The branch lives inside an ELLA connector, so its widths are that connector's (`ella`, by default the
+    released SD1.5 one) and it has one AGPR block after each of the connector's PR blocks.
+    """
 
     modality: str
     feature_kind: Optional[str] = None
     feature_dims: Optional[dict] = None
     num_tokens: Optional[int] = None
-    blocks: int = _ELLA.layers
+    blocks: Optional[int] = None
     gate_scale: float = 1.0
+    ella: ELLAConfig = ELLAConfig()
 
     def __post_init__(self):
         if self.modality not in MODALITIES:
@@ -62,9 +68,11 @@ class EMMAConfig:
         tokens = self.num_tokens
         if tokens is None:
             tokens = DEFAULT_TOKENS.get(kind) or dims["hidden"][0] + 1
-        if self.blocks != _ELLA.layers:  # stored so a later format can differ; v1 has no other layout
-            raise ValueError(f"a v1 EMMA module has one AGPR block after each of ELLA's {_ELLA.layers} "
-                             f"PR blocks; got blocks={self.blocks}")
+        blocks = self.ella.layers if self.blocks is None else self.blocks
+        if blocks != self.ella.layers:
+            raise ValueError(f"an EMMA module has one AGPR block after each of its ELLA connector's "
+                             f"{self.ella.layers} PR blocks; got blocks={self.blocks}")
+        object.__setattr__(self, "blocks", blocks)
         object.__setattr__(self, "feature_kind", kind)
         object.__setattr__(self, "feature_dims", dims)
         object.__setattr__(self, "num_tokens", int(tokens))
@@ -74,16 +82,20 @@ class EMMAConfig:
 class EMMAModule(nn.Module):
     """Condition features -> tokens (adapter, once per call); `branch[i]` runs after ELLA's PR block i."""
 
-    def __init__(self, config: EMMAConfig, ella_sha256: str = "", training_steps: int = 0):
+    def __init__(self, config: EMMAConfig, ella_sha256: str = "", training_steps: int = 0,
+                 feature_encoder: str = ""):
         super().__init__()
         self.config = config
+        ella = config.ella
         self.adapter: FeatureAdapter = make_adapter(
-            config.feature_kind, config.feature_dims, _ELLA.width, config.num_tokens)
+            config.feature_kind, config.feature_dims, ella.width, config.num_tokens)
         self.branch = nn.ModuleList(
-            AGPRBlock(_ELLA.width, _ELLA.heads, _ELLA.time_embed_dim) for _ in range(config.blocks))
-        # Provenance, written to the file: which ELLA the branch was trained against, and for how long.
+            AGPRBlock(ella.width, ella.heads, ella.time_embed_dim) for _ in range(config.blocks))
+        # Provenance, written to the file: which ELLA the branch was trained against, what encoder made its
+        # training features, and for how long it trained.
         self.ella_sha256 = ella_sha256
         self.training_steps = training_steps
+        self.feature_encoder = feature_encoder
 
     def condition_tokens(self, features: Features) -> torch.Tensor:
         return self.adapter(features)
@@ -99,6 +111,8 @@ class EMMAModule(nn.Module):
             "token_count": str(c.num_tokens),
             "blocks": str(c.blocks),
             "gate_scale": repr(c.gate_scale),
+            "ella_config": json.dumps(c.ella.as_dict(), sort_keys=True),
+            "feature_encoder": self.feature_encoder or "",
             "ella_sha256": self.ella_sha256 or "",
             "training_steps": str(int(self.training_steps)),
         }
@@ -134,8 +148,11 @@ def config_from_metadata(metadata: dict[str, str], source: str = "metadata") -> 
     missing = [key for key in _REQUIRED if key not in metadata]
     if missing:
         raise WeightsFileError(f"{name} is an EMMA module file without the metadata {missing}")
+    if metadata.get("format_version") != "1" and "ella_config" not in metadata:
+        raise WeightsFileError(f"{name} is an EMMA module file without the metadata ['ella_config']")
     try:
         dims = json.loads(metadata["feature_dims"])
+        ella = ELLAConfig.from_dict(json.loads(metadata["ella_config"])) if "ella_config" in metadata else ELLAConfig()
         return EMMAConfig(
             modality=metadata["modality"],
             feature_kind=metadata["feature_kind"],
@@ -143,6 +160,7 @@ def config_from_metadata(metadata: dict[str, str], source: str = "metadata") -> 
             num_tokens=int(metadata["token_count"]),
             blocks=int(metadata["blocks"]),
             gate_scale=float(metadata["gate_scale"]),
+            ella=ella,
         )
     except (ValueError, TypeError, AttributeError) as error:
         raise WeightsFileError(f"{name} has invalid EMMA metadata: {error}") from error
@@ -164,9 +182,9 @@ def module_from_state_dict(
     if kind != FORMAT_NAME:
         raise WeightsFileError(f"{name} is a {kind!r} file, not an EMMA module (format={FORMAT_NAME!r})")
     version = metadata.get("format_version", "")
-    if version != str(FORMAT_VERSION):
+    if version not in READS:
         raise WeightsFileError(f"{name} has EMMA module format version {version!r}; this version of "
-                               f"ComfyUI-EMMA reads version {FORMAT_VERSION} (update the pack for newer files)")
+                               f"ComfyUI-EMMA reads versions {', '.join(READS)} (update the pack for newer files)")
     config = config_from_metadata(metadata, source)
     sha = metadata.get("ella_sha256", "")
     if sha and not re.fullmatch(r"[0-9a-f]{64}", sha):
@@ -177,7 +195,7 @@ def module_from_state_dict(
         raise WeightsFileError(f"{name} has invalid training_steps: {error}") from error
     try:
         with torch.device("meta"):
-            module = EMMAModule(config, sha, steps)
+            module = EMMAModule(config, sha, steps, metadata.get("feature_encoder", ""))
     except ValueError as error:  # dims or token count that no adapter can take
         raise WeightsFileError(f"{name} has invalid EMMA metadata: {error}") from error
     check_state_dict(state_dict, expected_shapes(module),

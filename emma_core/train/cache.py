@@ -2,7 +2,8 @@
 
 Per usable image: the VAE latents (model space, i.e. already scaled as the UNet sees them), the T5 features
 of its caption, and the condition features of the module's kind (face embedding, CLIP tokens + mask,
-style embedding). Stored as .safetensors shards under
+style embedding) of the image or of its reference (dataset.py), or read from the reference's features file.
+Stored as .safetensors shards under
 
     <cache_root>/<key>/manifest.json        which item lives in which shard, what was skipped and why
                        shard-00000.safetensors ...
@@ -27,7 +28,8 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from ..adapters import Features
-from ..atomic import remove_stale_temporaries, write_atomic, write_json_atomic
+from ..atomic import remove_stale_temporaries, save_safetensors_atomic, write_json_atomic
+from ..features_file import load_features
 from .dataset import DatasetItem, load_image, load_mask
 
 log = logging.getLogger(__name__)
@@ -43,28 +45,26 @@ class CacheEncoders:
 
     encode_text(caption) -> [N, D] T5 features
     encode_image(image [1, H, W, 3] in [0, 1]) -> [1, C, h, w] latents in model space
-    encode_condition(image, mask or None) -> Features (batch 1); raise ValueError (e.g. FaceError) to skip
+    encode_condition(image, mask or None) -> Features (batch 1); raise ValueError (e.g. FaceError) to skip;
+        None when there is no encoder (every item must then bring a features file)
     fingerprint: JSON-able description of the encoders and settings; part of the cache key
+    feature_kind: the kind of features the module takes (features files must match it)
+    encoder_name: what makes the features, for the module's metadata (e.g. "CLIP ViT-H/14 <file>")
     """
 
     encode_text: Callable[[str], torch.Tensor]
     encode_image: Callable[[torch.Tensor], torch.Tensor]
-    encode_condition: Callable[[torch.Tensor, Optional[torch.Tensor]], Features]
+    encode_condition: Optional[Callable[[torch.Tensor, Optional[torch.Tensor]], Features]]
     fingerprint: dict
     resolution: int = 512
     use_masks: bool = False
+    feature_kind: str = ""
+    encoder_name: str = ""
 
 
 def cache_key(fingerprint: dict) -> str:
     blob = json.dumps({"format": FORMAT, "version": VERSION, **fingerprint}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def _save_tensors(path: Path, tensors: dict, metadata: dict) -> None:
-    from safetensors.torch import save
-
-    data = save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata=metadata)
-    write_atomic(path, lambda h: h.write(data))
 
 
 def _stored(name: str, tensor: torch.Tensor) -> torch.Tensor:
@@ -104,7 +104,7 @@ def build_cache(items: Sequence[DatasetItem], cache_root: str | os.PathLike, enc
             manifest["items"] = {k: v for k, v in old.get("items", {}).items() if (folder / v["shard"]).is_file()}
             manifest["skipped"] = old.get("skipped", {})
     if not (folder / "empty_text.safetensors").is_file():
-        _save_tensors(folder / "empty_text.safetensors", {"text": _stored("text", encoders.encode_text(""))}, {})
+        save_safetensors_atomic(folder / "empty_text.safetensors", {"text": _stored("text", encoders.encode_text(""))}, {})
 
     def done(item: DatasetItem) -> bool:
         fp = item.fingerprint()
@@ -116,16 +116,17 @@ def build_cache(items: Sequence[DatasetItem], cache_root: str | os.PathLike, enc
     next_shard = max(shard_numbers, default=-1) + 1
     pending: dict[str, torch.Tensor] = {}
     pending_rows: list[tuple[DatasetItem, int]] = []
+    encoders_used: dict[str, str] = {}
 
     def flush():
         nonlocal next_shard, pending, pending_rows
         if not pending_rows:
             return
         shard = f"shard-{next_shard:05d}.safetensors"
-        _save_tensors(folder / shard, pending, {"format": FORMAT, "items": json.dumps([i.name for i, _ in pending_rows])})
+        save_safetensors_atomic(folder / shard, pending, {"format": FORMAT, "items": json.dumps([i.name for i, _ in pending_rows])})
         for item, row in pending_rows:
             manifest["items"][item.name] = {"fingerprint": item.fingerprint(), "shard": shard, "row": row,
-                                            "caption": item.caption}
+                                            "caption": item.caption, "encoder": encoders_used[item.name]}
             manifest["skipped"].pop(item.name, None)
         write_json_atomic(manifest_path, manifest)
         next_shard += 1
@@ -135,9 +136,8 @@ def build_cache(items: Sequence[DatasetItem], cache_root: str | os.PathLike, enc
     for n, item in enumerate(todo):
         try:
             image = load_image(item.image, encoders.resolution)
-            mask = load_mask(item.mask, encoders.resolution) if (item.mask is not None and encoders.use_masks) else None
             with torch.no_grad():
-                features = encoders.encode_condition(image, mask)
+                features, encoder = _condition(item, image, encoders)
                 latents = encoders.encode_image(image)
                 text = encoders.encode_text(item.caption)
         except ValueError as error:  # FaceError is a ValueError: "no face found in ..."
@@ -146,6 +146,7 @@ def build_cache(items: Sequence[DatasetItem], cache_root: str | os.PathLike, enc
             log.info("EMMA training: skipping %s: %s", item.name, error)
         else:
             row = len(pending_rows)
+            encoders_used[item.name] = encoder
             pending[f"{row}.latents"] = _stored("latents", latents[0])
             pending[f"{row}.text"] = _stored("text", text)
             for key, tensor in features.tensors.items():
@@ -164,6 +165,28 @@ def build_cache(items: Sequence[DatasetItem], cache_root: str | os.PathLike, enc
     if usable == 0:
         raise ValueError("no usable images after encoding:\n" + "\n".join(f"  {n}: {r}" for n, r in skipped))
     return CacheReport(folder, usable, encoded, skipped)
+
+
+def _condition(item: DatasetItem, image: torch.Tensor, encoders: CacheEncoders) -> tuple[Features, str]:
+    """The item's condition features (batch 1) and the name of what made them."""
+    if item.has_features_file:
+        try:
+            features, meta = load_features(str(item.reference))
+        except ValueError as error:  # WeightsFileError: not a features file, unreadable
+            raise ValueError(f"reference features {item.reference.name}: {error}") from error
+        if encoders.feature_kind and features.kind != encoders.feature_kind:
+            raise ValueError(f"reference features {item.reference.name} are {features.kind!r} features; this "
+                             f"module takes {encoders.feature_kind!r}")
+        if features.batch != 1:
+            raise ValueError(f"reference features {item.reference.name} hold {features.batch} rows; one per "
+                             "image is expected")
+        return features, str(meta.get("encoder", ""))
+    if encoders.encode_condition is None:
+        raise ValueError(f"no reference features file ({Path(item.image).stem}_ref.safetensors) and no encoder "
+                         "to compute them: give the encoder (CLIP Vision, an InsightFace pack) or the files")
+    source = image if item.reference is None else load_image(item.reference, encoders.resolution)
+    mask = load_mask(item.mask, encoders.resolution) if (item.mask is not None and encoders.use_masks) else None
+    return encoders.encode_condition(source, mask), encoders.encoder_name
 
 
 class CachedDataset:
@@ -206,6 +229,14 @@ class CachedDataset:
 
     def feature_kind(self) -> str:
         return self.fingerprint.get("feature_kind", "")
+
+    def feature_encoder(self) -> str:
+        """What made the features of these items (one name; several different ones are an error)."""
+        names = sorted({e.get("encoder", "") for e in self.entries})
+        if len(names) > 1:
+            raise ValueError(f"the dataset mixes features from different encoders ({', '.join(map(repr, names))}); "
+                             "a module must be trained on one encoder's features")
+        return names[0] if names else ""
 
 
 class InMemoryDataset:

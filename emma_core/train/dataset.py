@@ -4,13 +4,21 @@
         0001.jpg        0001.txt          "a woman in a red coat, street photo"
         0002.png        0002.txt
         0002_mask.png                     optional: object-centric mask (white = the object), any size
+        0003.png        0003.txt
+        0003_ref.png                      optional: the reference the condition features come from
+        0004.png        0004.txt
+        0004_ref.safetensors              optional: the reference's features, as Save EMMA Features writes them
         ...
 
 Rules (the scan reports every file it does not use, and why):
 - images: .png .jpg .jpeg .webp .bmp (any case), in the folder itself (not in sub-folders);
 - the caption is the .txt file with the image's name (UTF-8, surrounding whitespace stripped); an image
   without one is skipped ("no caption file"); an empty caption is allowed (it trains the unconditional text);
-- `<name>_mask.png` is the image's mask, used by object / portrait modules only; it is never an image itself;
+- the condition features come from the image itself, or from `<name>_ref.<image>` when there is one (the
+  paper's object references are the object cut out; a style reference is another picture in that style), or
+  are read from `<name>_ref.safetensors` (features computed elsewhere, by any encoder; nothing is encoded);
+- `<name>_mask.png` masks the picture the features come from (object / portrait modules only);
+- `_mask` and `_ref` files are never training images themselves;
 - unreadable or tiny images are skipped when they are loaded (the cache builder records the reason).
 """
 from __future__ import annotations
@@ -26,6 +34,8 @@ import torch
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 MASK_SUFFIX = "_mask"
+REFERENCE_SUFFIX = "_ref"
+FEATURES_EXTENSION = ".safetensors"
 MIN_SIDE = 32
 
 
@@ -35,11 +45,21 @@ class DatasetItem:
     image: Path
     caption: str
     mask: Optional[Path] = None
+    reference: Optional[Path] = None  # a picture (_ref.png ...) or a features file (_ref.safetensors)
+
+    @property
+    def condition_source(self) -> Path:
+        """The picture the condition features are computed from (the reference when there is one)."""
+        return self.reference if self.reference is not None else self.image
+
+    @property
+    def has_features_file(self) -> bool:
+        return self.reference is not None and self.reference.suffix.lower() == FEATURES_EXTENSION
 
     def fingerprint(self) -> str:
-        """Changes when the image, the caption or the mask changes (size + mtime + caption text)."""
+        """Changes when the image, the caption, the mask or the reference changes (size + mtime + caption)."""
         h = hashlib.sha256()
-        for path in (self.image, self.mask):
+        for path in (self.image, self.mask, self.reference):
             if path is not None:
                 st = path.stat()
                 h.update(f"{path.name}:{st.st_size}:{st.st_mtime_ns};".encode())
@@ -68,7 +88,8 @@ def scan_dataset(folder: str | os.PathLike) -> DatasetScan:
                                 "same-name .txt captions)")
     scan = DatasetScan(folder)
     files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
-    images = [p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS and not p.stem.endswith(MASK_SUFFIX)]
+    images = [p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS
+              and not p.stem.endswith((MASK_SUFFIX, REFERENCE_SUFFIX))]
     stems = {p.stem for p in images}
     for path in images:
         caption_path = path.with_suffix(".txt")
@@ -82,7 +103,13 @@ def scan_dataset(folder: str | os.PathLike) -> DatasetScan:
             continue
         mask = next((m for ext in (".png", ".PNG") if (m := path.with_name(path.stem + MASK_SUFFIX + ext)).is_file()),
                     None)
-        scan.items.append(DatasetItem(path.name, path, caption, mask))
+        references = [p for p in files if p.stem == path.stem + REFERENCE_SUFFIX
+                      and p.suffix.lower() in (*IMAGE_EXTENSIONS, FEATURES_EXTENSION)]
+        if len(references) > 1:
+            scan.skipped.append((path.name, f"several references ({', '.join(p.name for p in references)}): "
+                                            "keep one"))
+            continue
+        scan.items.append(DatasetItem(path.name, path, caption, mask, references[0] if references else None))
     duplicates = {}
     for item in scan.items:
         duplicates.setdefault(Path(item.name).stem, []).append(item.name)
@@ -91,9 +118,11 @@ def scan_dataset(folder: str | os.PathLike) -> DatasetScan:
             scan.items = [i for i in scan.items if i.name not in names]
             scan.skipped += [(n, f"several images share the caption {stem}.txt") for n in names]
     for path in files:
-        if path.stem.endswith(MASK_SUFFIX) and path.suffix.lower() in IMAGE_EXTENSIONS:
-            if path.stem[: -len(MASK_SUFFIX)] not in stems:
-                scan.skipped.append((path.name, "mask without an image of that name"))
+        for suffix, what, extensions in ((MASK_SUFFIX, "mask", IMAGE_EXTENSIONS),
+                                         (REFERENCE_SUFFIX, "reference", (*IMAGE_EXTENSIONS, FEATURES_EXTENSION))):
+            if path.stem.endswith(suffix) and path.suffix.lower() in extensions \
+                    and path.stem[: -len(suffix)] not in stems:
+                scan.skipped.append((path.name, f"{what} without an image of that name"))
     if not scan.items:
         raise ValueError(f"no usable images in {folder}: " + (scan.report() if scan.skipped else
                          f"put images ({', '.join(IMAGE_EXTENSIONS)}) with same-name .txt captions there"))

@@ -12,11 +12,13 @@ from typing import Callable, Optional
 
 import torch
 
+from ..atomic import write_atomic
 from ..emma_module import EMMAConfig, EMMAModule, load_module, save_module
 from .cache import CacheEncoders, CacheReport, CachedDataset, Subset, build_cache, split_validation
 from .dataset import scan_dataset
 from .loop import TrainConfig, TrainResult, train
 from .objective import EMMATask
+from .preview import PreviewSetup, preview_grid, preview_items
 
 log = logging.getLogger(__name__)
 
@@ -45,21 +47,22 @@ def train_emma_module(cache_folder, names, *, modality: str, ella, denoiser, out
                       gradient_checkpointing: Optional[bool] = None, init_from: Optional[str] = None,
                       resume: bool = True, save_dtype: torch.dtype = torch.float16,
                       on_step: Optional[Callable] = None, should_stop: Optional[Callable] = None,
-                      rank: int = 0) -> EMMATrainOutput:
+                      rank: int = 0, preview: Optional[PreviewSetup] = None) -> EMMATrainOutput:
     """Train an EMMA module on a built cache; rank 0 writes `out_path` atomically (the best validated
-    weights when validation ran, else the last)."""
+    weights when validation ran, else the last). With `preview` and config.preview_every, rank 0 writes a
+    grid of sample pictures to <run_dir>/previews/step-NNNNNN.png every that many steps."""
     device = torch.device(device or "cpu")
     data = CachedDataset(cache_folder, names)
     if len(data) == 0:
         raise ValueError(f"the feature cache {cache_folder} has none of the dataset's images")
     first = data.sample(0)["features"]
     dims = {k: tuple(v.shape) for k, v in first.items() if k != "mask"}
-    module_config = EMMAConfig(modality=modality, feature_dims=dims)
+    module_config = EMMAConfig(modality=modality, feature_dims=dims, ella=ella.config)
     if data.feature_kind() and data.feature_kind() != module_config.feature_kind:
         raise ValueError(f"the cache holds {data.feature_kind()!r} features; a {modality} module needs "
                          f"{module_config.feature_kind!r}")
     torch.manual_seed(config.seed)  # the same initial weights on every process
-    module = EMMAModule(module_config, ella_sha256=ella_sha256)
+    module = EMMAModule(module_config, ella_sha256=ella_sha256, feature_encoder=data.feature_encoder())
     if init_from:  # e.g. the paper's portrait model, fine-tuned from the object model
         start = load_module(init_from)
         if start.config.feature_kind != module_config.feature_kind or start.config.feature_dims != module_config.feature_dims:
@@ -82,8 +85,20 @@ def train_emma_module(cache_folder, names, *, modality: str, ella, denoiser, out
         trained.training_steps = step
         save_module(trained, str(best_path), dtype=save_dtype)
 
+    on_preview = None
+    if preview is not None and rank == 0:
+        items = preview_items(data, val_idx or train_idx, preview, seed=config.seed)
+        latent_shape = tuple(data.sample(0)["latents"].shape)
+
+        def on_preview(step):
+            grid = preview_grid(task, items, preview.decode, latent_shape, preview.steps, preview.cfg)
+            path = run_dir / "previews" / f"step-{step:06d}.png"
+            write_atomic(path, lambda handle: grid.save(handle, format="PNG"))
+            if preview.on_image is not None:
+                preview.on_image(step, grid)
+
     result = train(task, Subset(data, train_idx), config, run_dir, val_set=Subset(data, val_idx) if val_idx else None,
-                   resume=resume, on_step=on_step, on_best=on_best, should_stop=should_stop)
+                   resume=resume, on_step=on_step, on_best=on_best, should_stop=should_stop, on_preview=on_preview)
     module.training_steps = result.step
     out = None
     if rank == 0:

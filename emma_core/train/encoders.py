@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from typing import Optional
 
 import torch
@@ -70,16 +71,16 @@ def comfy_encoders(*, modality: str, vae, base_model, t5, resolution: int, text_
     if resolution % 64:
         raise ValueError(f"resolution must be a multiple of 64, got {resolution}")
     fixed = FIXED_LENGTH if text_length.startswith("fixed") else None
-    if kind == "face":
-        if face_analyzer is None:
-            raise ValueError("face modules need a face analyzer (an InsightFace pack) to embed the faces")
+    # Without an encoder every image must bring its reference's features (<name>_ref.safetensors).
+    condition, cond_id, encoder_name = None, "features files", ""
+    if kind == "face" and face_analyzer is not None:
         condition = face_condition(face_analyzer)
-        cond_id = f"insightface:{getattr(face_analyzer, 'pack_dir', '')}"
-    else:
-        if clip_vision is None:
-            raise ValueError(f"{modality} modules need a CLIP Vision model (ViT-H, as IPAdapter uses)")
+        pack = os.path.basename(str(getattr(face_analyzer, "pack_dir", "")).rstrip("/"))
+        cond_id, encoder_name = f"insightface:{getattr(face_analyzer, 'pack_dir', '')}", f"InsightFace {pack} ArcFace"
+    elif kind != "face" and clip_vision is not None:
         condition = clip_condition(clip_vision, kind)
         cond_id = "clip:" + module_fingerprint(getattr(clip_vision, "model", clip_vision))
+        encoder_name = f"CLIP vision {(names or {}).get('condition', '')}".strip()
 
     def encode_image(image: torch.Tensor) -> torch.Tensor:
         return base_model.process_latent_in(vae.encode(image[..., :3])).float().cpu()
@@ -92,4 +93,4 @@ def comfy_encoders(*, modality: str, vae, base_model, t5, resolution: int, text_
                    "vae": (names or {}).get("vae") or module_fingerprint(getattr(vae, "first_stage_model", vae)),
                    "condition": (names or {}).get("condition") or cond_id}
     return CacheEncoders(encode_text, encode_image, condition, fingerprint, resolution,
-                         use_masks=kind == "clip_tokens")
+                         use_masks=kind == "clip_tokens", feature_kind=kind, encoder_name=encoder_name)

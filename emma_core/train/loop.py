@@ -52,6 +52,7 @@ class TrainConfig:
     early_stopping_patience: int = 0  # stop after N validations without improvement; 0 = never
     early_stopping_min_delta: float = 0.0
     checkpoint_every: int = 500       # 0 = only at the end
+    preview_every: int = 0            # sample pictures every N steps (and at the end); 0 = never
     keep_checkpoints: int = 2
     log_every: int = 10
     seed: int = 0
@@ -153,9 +154,11 @@ def evaluate(task, dataset, batch_size: int, device=None) -> Optional[float]:
 def train(task, train_set, config: TrainConfig, run_dir, val_set=None, resume: bool = True,
           on_step: Optional[Callable[[int, int, dict], None]] = None,
           on_best: Optional[Callable[[torch.nn.Module, int, float], None]] = None,
-          should_stop: Optional[Callable[[], None]] = None) -> TrainResult:
+          should_stop: Optional[Callable[[], None]] = None,
+          on_preview: Optional[Callable[[int], None]] = None) -> TrainResult:
     """Train `task.trainable` in place. on_step(step, steps, record) after every step (progress bars);
-    on_best(module, step, val_loss) on rank 0 when validation improves; should_stop() may raise to abort
+    on_best(module, step, val_loss) on rank 0 when validation improves; on_preview(step) on rank 0 every
+    config.preview_every steps and at the end (sample pictures); should_stop() may raise to abort
     (ComfyUI's interrupt), after which the last checkpoint is intact."""
     run_dir = Path(run_dir)
     rank, world = _world()
@@ -276,6 +279,9 @@ def train(task, train_set, config: TrainConfig, run_dir, val_set=None, resume: b
             tlog.add(record)
         if on_step is not None:
             on_step(step, config.steps, record)
+        if on_preview is not None and rank == 0 and config.preview_every and (
+                step % config.preview_every == 0 or step == config.steps or stopped_early):
+            on_preview(step)
         if stopped_early or step == config.steps or (config.checkpoint_every and step % config.checkpoint_every == 0):
             save(step)
         if stopped_early:

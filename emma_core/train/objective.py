@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..adapters import Features
+from ..assemble import Branch, assembled_after_block
 from .schedule import DDPMSchedule
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -131,28 +132,15 @@ class EMMATask(nn.Module):
         return Draw(torch.stack([r[0] for r in rows]).to(device), torch.cat([r[1] for r in rows]).to(device), ones, ones)
 
     # ---- the model --------------------------------------------------------------------------------
-    def _after_block(self, tokens: torch.Tensor, scale: torch.Tensor):
-        """Single-branch version of assemble.assembled_after_block, with a per-row lambda (0 = dropped)."""
-        branch = self.trainable.branch
-
-        def after_block(index: int, latents: torch.Tensor, time_embedding: torch.Tensor) -> torch.Tensor:
-            block = branch[index]
-            dtype = block.separable_gate.weight.dtype
-            temb = time_embedding.to(dtype)
-            attn = block.attention_residual(latents.to(dtype), tokens, temb, scale).to(latents.dtype)
-            latents = latents + attn
-            ffn = block.ffn_residual(latents.to(dtype), temb, scale).to(latents.dtype)
-            return latents + ffn
-
-        return after_block
-
     def context(self, texts: list[torch.Tensor], timesteps: torch.Tensor, features: Features,
                 keep_cond: torch.Tensor) -> torch.Tensor:
-        """ELLA's context with the branch, per row. Rows are grouped by text length: the connector has no
-        attention mask, so texts are never padded (each row sees exactly what inference gives it)."""
+        """ELLA's context with the module assembled in (assemble.assembled_after_block, the function inference
+        uses), one row per sample; a row whose condition is dropped gets weight 0. Rows are grouped by text
+        length: the connector has no attention mask, so texts are never padded (each row sees exactly what
+        inference gives it)."""
         module = self.trainable
         tokens = module.condition_tokens(features)
-        scale = (module.config.gate_scale * keep_cond.to(tokens.dtype)).view(-1, 1, 1)
+        weight = keep_cond.to(tokens.dtype)
         ella_param = next(self.ella.parameters())
         lengths = [t.shape[0] for t in texts]
         out = [None] * len(texts)
@@ -160,7 +148,8 @@ class EMMATask(nn.Module):
             rows = [i for i, n in enumerate(lengths) if n == length]
             idx = torch.tensor(rows, device=tokens.device)
             text = torch.stack([texts[i] for i in rows]).to(ella_param.device, ella_param.dtype)
-            ctx = self.ella(text, timesteps[idx].float(), after_block=self._after_block(tokens[idx], scale[idx]))
+            branch = Branch(module, tokens[idx], weight[idx])
+            ctx = self.ella(text, timesteps[idx].float(), after_block=assembled_after_block([branch]))
             for j, i in enumerate(rows):
                 out[i] = ctx[j]
         return torch.stack(out)

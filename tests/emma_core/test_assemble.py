@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from emma_core.adapters import Features
-from emma_core.assemble import Branch, ConditionInput, active_weight, assembled_after_block, branches_at
+from emma_core.assemble import Branch, ConditionInput, assembled_after_block
 from emma_core.ella_file import ella_from_state_dict, official_shapes
 from emma_core.emma_module import EMMAConfig, EMMAModule
 from emma_core.state_dict import expected_shapes
@@ -50,33 +50,8 @@ def features(kind, batch=1, seed=0):
                                     "embeds": torch.randn(batch, 1024, generator=g), "mask": mask})
 
 
-# ---- schedule window ---------------------------------------------------------------------------
-
-@pytest.mark.parametrize("weight, start, end, progress, expected", [
-    (0.8, 0.0, 1.0, 0.0, 0.8),       # first step
-    (0.8, 0.0, 1.0, 1.0, 0.8),       # last step
-    (0.8, 0.2, 0.6, 0.2, 0.8),       # start is inclusive
-    (0.8, 0.2, 0.6, 0.6, 0.8),       # end is inclusive
-    (0.8, 0.2, 0.6, 0.1999, 0.0),
-    (0.8, 0.2, 0.6, 0.6001, 0.0),
-    (0.8, 0.7, 0.3, 0.5, 0.0),       # start > end: never active, as ComfyUI's timestep ranges
-    (0.0, 0.0, 1.0, 0.5, 0.0),
-    (-0.5, 0.0, 1.0, 0.5, -0.5),     # negative weights pass through (subtracting a condition)
-])
-def test_active_weight_window(weight, start, end, progress, expected):
-    assert active_weight(weight, start, end, progress) == expected
-
-
-def test_branches_at_leaves_out_inactive_modules_without_running_their_adapter():
-    face, style = trained("face", 1), trained("style", 2)
-    wrong = features("face")  # would raise in the style adapter if it ran
-    inputs = [ConditionInput(face, features("face"), 1.0, 0.0, 0.5),
-              ConditionInput(style, wrong, 1.0, 0.6, 1.0),
-              ConditionInput(style, wrong, 0.0, 0.0, 1.0)]
-    active = branches_at(inputs, progress=0.3)
-    assert [b.module for b in active] == [face] and active[0].tokens.shape == (1, 4, 768)
-    with pytest.raises(ValueError, match="expects 'style' features"):
-        branches_at(inputs, progress=0.7)
+def branches(inputs):
+    return [Branch(i.module, i.module.condition_tokens(i.features), i.weight) for i in inputs]
 
 
 # ---- exactness ----------------------------------------------------------------------------------
@@ -90,10 +65,11 @@ def test_untrained_or_zero_weight_modules_leave_ella_exactly_alone(ella):
         branches = [Branch(untrained, untrained.condition_tokens(features("face")), 1.5),
                     Branch(face, face.condition_tokens(features("face")), 0.0)]
         with_modules = ella(text, T, after_block=assembled_after_block(branches))
-        via_inputs = ella(text, T, after_block=assembled_after_block(
-            branches_at([ConditionInput(face, features("face"), 0.0)], progress=0.5)))
+        per_row_zero = ella(text, T, after_block=assembled_after_block(
+            [Branch(face, face.condition_tokens(features("face")), torch.zeros(1))]))
     assert torch.allclose(with_modules, alone, atol=1e-6, rtol=0)
-    assert torch.equal(with_modules, alone) and torch.equal(via_inputs, alone)
+    assert torch.equal(with_modules, alone)
+    assert torch.equal(per_row_zero, alone)  # a per-row weight 0 (a dropped condition in training) adds exactly 0
 
 
 @pytest.mark.parametrize("count", [2, 3])
@@ -104,7 +80,7 @@ def test_assembled_modules_match_the_papers_summed_residuals(ella, ella_sd, coun
               for modality, seed, gate_scale, weight in specs]
     text = text_features()
     with torch.no_grad():
-        ours = ella(text, T, after_block=assembled_after_block(branches_at(inputs, progress=0.5))).double()
+        ours = ella(text, T, after_block=assembled_after_block(branches(inputs))).double()
     reference_branches = [
         (item.module.state_dict(), adapter_tokens(item.module.state_dict(), item.features.kind, item.features.tensors),
          gate_scale * weight)
@@ -117,7 +93,7 @@ def test_assembled_modules_match_the_papers_summed_residuals(ella, ella_sd, coun
     assert torch.allclose(ours, expected, atol=1e-5, rtol=0), (ours - expected).abs().max()
     if count == 3:  # summing makes the order of the modules irrelevant
         with torch.no_grad():
-            reordered = ella(text, T, after_block=assembled_after_block(branches_at(inputs[::-1], 0.5))).double()
+            reordered = ella(text, T, after_block=assembled_after_block(branches(inputs[::-1]))).double()
         assert torch.allclose(reordered, ours, atol=1e-5, rtol=0)
 
 

@@ -1,4 +1,5 @@
 """ELLA connector: the official layout loads strictly, and the math matches notes/ella.md written out here."""
+import json
 import math
 
 import pytest
@@ -6,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from emma_core.ella import ELLA
-from emma_core.ella_file import ella_from_state_dict, load_ella
+from emma_core.ella import ELLA, ELLAConfig
+from emma_core.ella_file import ella_from_state_dict, load_ella, save_ella
 from emma_core.state_dict import WeightsFileError
 
 # The released file's table, typed from notes/ella.md (not derived from our module).
@@ -155,3 +156,44 @@ def test_file_loader_accepts_fp16_file_and_refuses_other_kinds(tmp_path):
     pickle.write_bytes(b"not read")
     with pytest.raises(WeightsFileError, match="only .safetensors"):
         load_ella(str(pickle))
+
+
+SMALL = ELLAConfig(width=96, layers=2, heads=4, time_embed_dim=64, num_latents=16, input_dim=48)
+
+
+def test_a_connector_file_with_its_own_configuration_loads_strictly(tmp_path):
+    torch.manual_seed(0)
+    model = ELLA(SMALL)
+    path = tmp_path / "small-ella.safetensors"
+    save_ella(model, str(path), dtype=torch.float16, extra={"trained_on": "world"})
+    loaded = load_ella(str(path))
+    assert loaded.config == SMALL
+    assert all(torch.equal(a, b.half().float()) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
+    with torch.no_grad():
+        out = loaded(torch.randn(1, 5, 48), 500.0)
+    assert out.shape == (1, 16, 96)
+
+    from safetensors import safe_open
+    with safe_open(str(path), framework="pt") as f:
+        tensors, metadata = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+    assert metadata["format"] == "ella-connector" and metadata["format_version"] == "2"
+    assert metadata["trained_on"] == "world"
+
+    def rewrite(edit_tensors=None, **meta):
+        t, m = dict(tensors), dict(metadata, **meta)
+        if edit_tensors:
+            edit_tensors(t)
+        save_file(t, str(path), metadata=m)
+        return str(path)
+
+    with pytest.raises(WeightsFileError, match="missing key 'connector.perceiver_blocks.1.ln_ff.linear.bias'"):
+        load_ella(rewrite(lambda t: t.pop("connector.perceiver_blocks.1.ln_ff.linear.bias")))
+    with pytest.raises(WeightsFileError, match=r"key 'connector.latents' has shape \[16, 96\], expected shape \[8, 96\]"):
+        load_ella(rewrite(config=json.dumps(dict(SMALL.as_dict(), num_latents=8))))
+    with pytest.raises(WeightsFileError, match="format version '3'"):
+        load_ella(rewrite(format_version="3"))
+    with pytest.raises(WeightsFileError, match="width 96 is not divisible by heads 5"):
+        load_ella(rewrite(config=json.dumps(dict(SMALL.as_dict(), heads=5))))
+    # the released file has no format metadata and is held to the released layout, whatever else it says
+    with pytest.raises(WeightsFileError, match="not a valid ELLA SD1.5 connector"):
+        load_ella(rewrite(format="pt"))

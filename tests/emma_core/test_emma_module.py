@@ -10,6 +10,7 @@ from safetensors.torch import save_file
 
 from emma_core import emma_module
 from emma_core.adapters import Features
+from emma_core.ella import ELLAConfig
 from emma_core.ella_file import load_ella
 from emma_core.emma_module import EMMAConfig, EMMAModule, load_module, module_from_state_dict, save_module
 from emma_core.state_dict import WeightsFileError, expected_shapes
@@ -102,6 +103,12 @@ def test_config_validation():
         EMMAConfig("video")
     with pytest.raises(ValueError, match="blocks=4"):
         EMMAConfig("face", blocks=4)
+    small = ELLAConfig(width=64, layers=2, heads=4, time_embed_dim=32, num_latents=8, input_dim=16)
+    config = EMMAConfig("face", feature_dims={"embedding": (16,)}, ella=small)
+    assert config.blocks == 2  # one AGPR block after each of the connector's PR blocks
+    module = EMMAModule(config)
+    assert len(module.branch) == 2 and module.condition_tokens(
+        Features("face", {"embedding": torch.randn(1, 16)})).shape == (1, 4, 64)
 
 
 def test_save_load_round_trip_is_exact_with_metadata(tmp_path):
@@ -119,9 +126,12 @@ def test_save_load_round_trip_is_exact_with_metadata(tmp_path):
     with safe_open(str(path), framework="pt") as f:
         metadata = f.metadata()
     assert metadata == {
-        "format": "emma-module", "format_version": "1", "modality": "portrait", "feature_kind": "clip_tokens",
+        "format": "emma-module", "format_version": "2", "modality": "portrait", "feature_kind": "clip_tokens",
         "feature_dims": json.dumps({"hidden": [257, 1280], "embeds": [1024]}), "token_count": "258",
         "blocks": "6", "gate_scale": "0.75", "ella_sha256": "ab" * 32, "training_steps": "200000",
+        "ella_config": json.dumps({"heads": 8, "input_dim": 2048, "layers": 6, "num_latents": 64,
+                                   "time_channels": 320, "time_embed_dim": 768, "width": 768}),
+        "feature_encoder": "",
     }
     # fp16 files load back into the compute dtype.
     save_module(module, str(path), dtype=torch.float16)
@@ -172,7 +182,11 @@ def test_loader_refuses_other_kinds_of_file(tmp_path):
      "unexpected key 'branch.6.separable_gate.bias'"),
     (lambda t: t.__setitem__("adapter.proj.weight", torch.zeros(3072, 768)), None,
      "key 'adapter.proj.weight' has shape [3072, 768], expected shape [3072, 512]"),
-    (None, lambda m: m.__setitem__("format_version", "2"), "format version '2'"),
+    (None, lambda m: m.__setitem__("format_version", "3"), "format version '3'"),
+    (None, lambda m: m.pop("ella_config"), "without the metadata ['ella_config']"),
+    (None, lambda m: m.__setitem__("ella_config", '{"width": 768, "depth": 6}'), "unknown ELLA config keys ['depth']"),
+    (None, lambda m: m.__setitem__("ella_config", json.dumps(ELLAConfig(layers=2).as_dict())),
+     "an EMMA module has one AGPR block after each of its ELLA connector's 2 PR blocks; got blocks=6"),
     (None, lambda m: m.__setitem__("feature_dims", "not json"), "invalid EMMA metadata"),
     (None, lambda m: m.__setitem__("token_count", "16"),
      "key 'adapter.proj.weight' has shape [3072, 512], expected shape [12288, 512]"),
@@ -192,3 +206,28 @@ def test_loader_names_what_is_wrong(edit_tensors, edit_metadata, fragment):
         module_from_state_dict(tensors, metadata, source="/models/emma/face.safetensors")
     assert fragment in str(info.value)
     assert "face.safetensors" in str(info.value)
+
+
+def test_version_1_files_still_load_as_modules_of_the_released_connector(tmp_path):
+    module = trained("face", seed=2)
+    metadata = module.metadata()
+    del metadata["ella_config"], metadata["feature_encoder"]
+    metadata["format_version"] = "1"
+    path = tmp_path / "old-face.safetensors"
+    save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(path), metadata=metadata)
+    loaded = load_module(str(path))
+    assert loaded.config == module.config and loaded.config.ella == ELLAConfig()
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), module.state_dict().values()))
+
+
+def test_a_module_for_a_smaller_connector_round_trips_with_its_configuration(tmp_path):
+    small = ELLAConfig(width=96, layers=3, heads=4, time_embed_dim=48, num_latents=8, input_dim=24)
+    torch.manual_seed(3)
+    module = EMMAModule(EMMAConfig("style", feature_dims={"embeds": (20,)}, ella=small),
+                        feature_encoder="world-spectrum-v1 (fixed Fourier magnitudes, not CLIP)")
+    path = tmp_path / "small-style.safetensors"
+    save_module(module, str(path))
+    loaded = load_module(str(path))
+    assert loaded.config == module.config and loaded.config.ella == small
+    assert loaded.feature_encoder == "world-spectrum-v1 (fixed Fourier magnitudes, not CLIP)"
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), module.state_dict().values()))

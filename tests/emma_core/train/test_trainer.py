@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from emma_core.train import checkpoint as ckpt
-from emma_core.train import toy
+from devtools import toy_train as toy
 from emma_core.train.cache import CachedDataset, build_cache
 from emma_core.train.dataset import scan_dataset
 from emma_core.train.loop import TrainConfig, train
@@ -92,7 +92,7 @@ def test_resume_is_exact_and_a_crash_during_the_write_keeps_the_old_checkpoint(t
 
 def test_sigkill_mid_run_resumes_from_the_last_checkpoint(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    cmd = [sys.executable, "-m", "emma_core.train.toy", "run", str(tmp_path / "run"), "--steps", "30",
+    cmd = [sys.executable, "-m", "devtools.toy_train", "run", str(tmp_path / "run"), "--steps", "30",
            "--checkpoint-every", "10", "--sleep", "0.05"]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
     seen = []

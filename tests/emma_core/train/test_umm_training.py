@@ -4,10 +4,10 @@ import time
 import pytest
 import torch
 
-from emma_core.train import umm_toy
+from devtools import toy_umm as umm_toy
 from emma_core.train.cache import InMemoryDataset
 from emma_core.train.loop import TrainConfig, train
-from emma_core.train.toy import ConvDenoiser
+from devtools.toy_train import ConvDenoiser
 from emma_core.train.umm import UMMTask, unified_context
 from emma_core.umm import UMMProjector, load_projector, replace_positions, save_projector
 

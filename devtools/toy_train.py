@@ -5,8 +5,7 @@ folder -> feature cache -> EMMATask -> train loop) and the real building blocks 
 emma_core.agpr.AGPRBlock, emma_core.adapters.FaceAdapter), only narrower:
 
 - ELLA: width 64, 2 PR blocks, 8 latents, 32-d "T5" features (ELLAConfig supports this directly);
-- the EMMA module: SmallEMMA, the same adapter + AGPR branch layout as EMMAModule at width 64 / 2 blocks
-  (EMMAModule itself is fixed to the v1 file format: width 768, 6 blocks);
+- the EMMA module: emma_core's EMMAModule built for that ELLA (a 16-d "face" feature, 4 tokens);
 - the denoiser: ConvDenoiser, a small conv net with cross-attention to the context, epsilon prediction;
 - "images": 64x64 pictures of K concepts (a coloured disc at a concept's position on a concept's
   background, jittered); "VAE": 8x8 average pooling + a fixed 1x1 projection to 4 channels; "T5": a fixed
@@ -16,8 +15,8 @@ The backbone (ELLA + denoiser) is first pre-trained on text -> picture (captions
 ELLA are pre-trained; then it is frozen and an EMMA module is trained on captions that do NOT name the concept
 ("a photo"), so only the condition features can tell the denoiser what to draw.
 
-    python -m emma_core.train.toy learn  [--steps 300]        the learning experiment (prints the losses)
-    python -m emma_core.train.toy run RUN_DIR --steps N ...     a resumable toy run (used by the kill test)
+    python -m devtools.toy_train learn  [--steps 300]      the learning experiment (prints the losses)
+    python -m devtools.toy_train run RUN_DIR --steps N ...     a resumable toy run (used by the kill test)
 """
 from __future__ import annotations
 
@@ -27,48 +26,30 @@ import json
 import math
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..adapters import FaceAdapter, Features
-from ..agpr import AGPRBlock
-from ..ella import ELLA, ELLAConfig
-from ..timestep import sinusoid
-from .cache import CacheEncoders, CachedDataset, InMemoryDataset, Subset, build_cache, split_validation
-from .dataset import scan_dataset
-from .loop import TrainConfig, evaluate, train
-from .objective import EMMATask
-from .schedule import DDPMSchedule
+from emma_core.adapters import Features
+from emma_core.ella import ELLA, ELLAConfig
+from emma_core.emma_module import EMMAConfig, EMMAModule
+from emma_core.timestep import sinusoid
+from emma_core.train.cache import CacheEncoders, CachedDataset, InMemoryDataset, Subset, build_cache, split_validation
+from emma_core.train.dataset import scan_dataset
+from emma_core.train.loop import TrainConfig, evaluate, train
+from emma_core.train.objective import EMMATask
+from emma_core.train.schedule import DDPMSchedule
 
 TOY_ELLA = ELLAConfig(time_channels=64, time_embed_dim=64, width=64, layers=2, heads=4, num_latents=8, input_dim=32)
 FACE_DIM = 16
 CONCEPTS = ["apple", "boat", "cloud", "dune", "ember", "frost"]
 
 
-@dataclass(frozen=True)
-class SmallEMMAConfig:
-    modality: str = "face"
-    feature_kind: str = "face"
-    num_tokens: int = 4
-    blocks: int = TOY_ELLA.layers
-    gate_scale: float = 1.0
-
-
-class SmallEMMA(nn.Module):
-    """EMMAModule's layout (adapter + one AGPR block per PR block) at the toy ELLA's width."""
-
-    def __init__(self, config: SmallEMMAConfig = SmallEMMAConfig(), ella: ELLAConfig = TOY_ELLA):
-        super().__init__()
-        self.config = config
-        self.adapter = FaceAdapter({"embedding": (FACE_DIM,)}, ella.width, config.num_tokens)
-        self.branch = nn.ModuleList(AGPRBlock(ella.width, ella.heads, ella.time_embed_dim) for _ in range(config.blocks))
-
-    def condition_tokens(self, features: Features) -> torch.Tensor:
-        return self.adapter(features)
+def small_emma() -> EMMAModule:
+    """EMMAModule for the toy ELLA: one AGPR block after each of its 2 PR blocks, 16-d face features."""
+    return EMMAModule(EMMAConfig("face", feature_dims={"embedding": (FACE_DIM,)}, ella=TOY_ELLA))
 
 
 class ConvDenoiser(nn.Module):
@@ -259,7 +240,7 @@ def learn(work: Path, steps: int = 300, pretrain_steps: int = 200, count: int = 
     train_idx, val_idx = split_validation(len(data), 0.2, seed)
     train_set, val_set = Subset(data, train_idx), Subset(data, val_idx)
     torch.manual_seed(seed + 1)
-    module = SmallEMMA()
+    module = small_emma()
     task = EMMATask(module, ella, den, empty_text=data.empty_text)
     untrained = evaluate(task, val_set, 16)
     config = TrainConfig(steps=steps, batch_size=16, lr=lr, warmup_iters=30, checkpoint_every=0,
@@ -282,7 +263,7 @@ def learn(work: Path, steps: int = 300, pretrain_steps: int = 200, count: int = 
 def toy_task(seed: int = 0) -> tuple[EMMATask, InMemoryDataset]:
     torch.manual_seed(seed)
     ella, den = ELLA(TOY_ELLA), ConvDenoiser()
-    module = SmallEMMA()
+    module = small_emma()
     samples = []
     for i in range(24):
         pic = concept_picture(i % len(CONCEPTS), i)[None]

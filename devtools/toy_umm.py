@@ -11,7 +11,7 @@
 - the projector (emma_core.umm.UMMProjector at toy widths) must learn to map the image embedding into that
   slot; only it trains.
 
-    python -m emma_core.train.umm_toy learn [--steps 250] [--pretrain-steps 300]
+    python -m devtools.toy_umm learn [--steps 250] [--pretrain-steps 300]
 prints the held-out loss with an untrained projector, the trained one, and the trained one fed another
 concept's image embedding (swapped).
 """
@@ -28,12 +28,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..umm import ProjectorConfig, UMMProjector
-from .cache import InMemoryDataset, Subset, split_validation
-from .loop import TrainConfig, evaluate, train
-from .schedule import DDPMSchedule
-from .toy import CONCEPTS, ConvDenoiser, _gen, concept_picture, toy_encode_image
-from .umm import UMMTask, collate_umm, unified_context
+from emma_core.train.cache import InMemoryDataset, Subset, split_validation
+from emma_core.train.loop import TrainConfig, evaluate, train
+from emma_core.train.schedule import DDPMSchedule
+from emma_core.train.umm import UMMTask, collate_umm, unified_context
+from emma_core.umm import ProjectorConfig, UMMProjector
+
+from devtools.toy_train import CONCEPTS, ConvDenoiser, _gen, concept_picture, toy_encode_image
 
 TEXT_DIM, IMAGE_DIM, HIDDEN_DIM = 32, 16, 64
 SUBJECT_POSITIONS = [3]
