@@ -7,11 +7,9 @@
 The first call imports ComfyUI (torch, comfy, comfy_extras: ~5-10 s on CPU); results are
 cached for the life of the process. Only one ComfyUI tree can be loaded per process.
 
-Gotchas handled here (see shared/notes/comfy-host.md):
-- ``comfy.cli_args.args.cpu = True`` is set before ``comfy.model_management`` is imported;
-- ``utils.extra_config`` is imported before ``nodes`` (nodes.py puts ``comfy/`` first on
-  sys.path, after which a bare ``import utils`` would find ``comfy/utils.py``);
-- custom nodes and API nodes are not loaded (``init_extra_nodes(False, False)``) unless asked.
+ComfyUI itself is imported by scripts/comfy_library.py (the one place that knows the import order: args.cpu
+before comfy.model_management, utils.extra_config before nodes, ComfyUI first on sys.path); custom nodes and
+API nodes are not loaded unless asked.
 
 Note that importing ComfyUI adds its folder (and ``comfy/``) to ``sys.path`` of the process.
 """
@@ -92,32 +90,20 @@ def load_comfy(comfy_dir: Optional[str] = None, *, init_custom_nodes: bool = Fal
             return _modules
         if not os.path.isfile(os.path.join(comfy_dir, "nodes.py")):
             raise FileNotFoundError(f"no ComfyUI tree at {comfy_dir} (nodes.py missing)")
-        already = sys.modules.get("nodes")
-        if already is not None:
-            # ComfyUI was imported by someone else in this process (e.g. another test helper)
-            loaded = os.path.dirname(os.path.abspath(getattr(already, "__file__", "") or ""))
-            if loaded != comfy_dir:
-                raise RuntimeError(f"a different 'nodes' module ({loaded}) is already imported; "
-                                   f"cannot load ComfyUI from {comfy_dir}")
-        if comfy_dir not in sys.path:
-            sys.path.insert(0, comfy_dir)
+        repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        if repo not in sys.path:
+            sys.path.insert(0, repo)
+        from scripts import comfy_library
 
-        import comfy.cli_args as cli_args  # noqa: E402
-        cli_args.args.cpu = True
-        import comfy.model_management as model_management  # noqa: E402
-        import utils.extra_config  # noqa: F401,E402  (must precede `import nodes`)
-        import folder_paths  # noqa: E402
-        import nodes  # noqa: E402
-        import execution  # noqa: E402
-
-        if not getattr(nodes, "_devtools_extra_nodes_done", False) and \
-                "SamplerCustom" not in nodes.NODE_CLASS_MAPPINGS:  # comfy_extras not loaded yet
-            _run(nodes.init_extra_nodes(init_custom_nodes=init_custom_nodes,
-                                        init_api_nodes=init_api_nodes))
-        nodes._devtools_extra_nodes_done = True
+        extra = init_custom_nodes or init_api_nodes
+        mods = comfy_library.import_comfy(comfy_dir, cpu=True, nodes=True, builtin_nodes=not extra)
+        nodes = mods["nodes"]
+        if extra and "SamplerCustom" not in nodes.NODE_CLASS_MAPPINGS:
+            _run(nodes.init_extra_nodes(init_custom_nodes=init_custom_nodes, init_api_nodes=init_api_nodes))
         import comfy  # noqa: E402
-        _modules.update(nodes=nodes, execution=execution, folder_paths=folder_paths,
-                        comfy=comfy, model_management=model_management, cli_args=cli_args)
+
+        _modules.update(nodes=nodes, execution=mods["execution"], folder_paths=mods["folder_paths"],
+                        comfy=comfy, model_management=mods["model_management"], cli_args=mods["cli_args"])
         _loaded_dir = comfy_dir
         return _modules
 

@@ -10,7 +10,14 @@ Fixtures:
     comfy_inprocess  comfy_stock + the pack loaded through ComfyUI's own loader
     one_thread       torch on 1 thread for a module (training tests: far faster than 2 on a shared machine)
 
-Tests using the host fixtures get the `host` marker automatically: `pytest -m "not host"` skips them.
+Markers, set here:
+    host          tests using the host fixtures: `pytest -m "not host"` skips them
+    comfy_facing  the pack through ComfyUI's own interfaces (nodes in-process, workflows, templates and node
+                  docs on the server, the browser, the host itself): what every ComfyUI lane runs
+    slow          the install tests and the browser test: `scripts/test.sh -m "not slow"` is the fast loop
+
+EMMA_LANE (set by scripts/test.sh) names a second lane: only the comfy_facing tests are kept there, on the
+ComfyUI that EMMA_COMFYUI_DIR names.
 """
 from __future__ import annotations
 
@@ -31,23 +38,54 @@ if str(REPO_ROOT) not in sys.path:
 MODELS_ROOT = REPO_ROOT / ".cache" / "test-models"
 LOG_DIR = REPO_ROOT / ".cache" / "logs"
 HOST_FIXTURES = {"comfy_server", "comfy_stock", "comfy_inprocess"}
+# Paths (relative to the repo) of the comfy_facing tests.
+COMFY_FACING = ("tests/nodes/", "tests/test_workflows.py", "tests/test_templates.py", "tests/test_browser.py",
+                "tests/test_node_docs.py", "tests/devtools/test_host.py")
 
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "host: uses the real ComfyUI host (provisioned tree, server or in-process)")
     config.addinivalue_line("markers", "install: builds fresh virtual environments (slow)")
+    config.addinivalue_line("markers", "comfy_facing: the pack through ComfyUI's interfaces; every ComfyUI lane "
+                                       "runs these")
+    config.addinivalue_line("markers", "slow: install and browser tests (minutes); -m 'not slow' skips them")
+
+
+def pytest_report_header(config):
+    """Which ComfyUI this run is on (read from the tree, nothing is provisioned here)."""
+    import torch  # noqa: F401  (the venv's own: the lanes differ in it)
+
+    tree = Path(os.environ.get("EMMA_COMFYUI_DIR") or REPO_ROOT / ".cache" / "ComfyUI")
+    version_file = tree / "comfyui_version.py"
+    version = version_file.read_text().split("__version__", 1)[-1].strip(" =\n\"'") if version_file.exists() \
+        else "not provisioned yet"
+    lane = os.environ.get("EMMA_LANE") or "default"
+    return f"EMMA lane {lane}: ComfyUI {version} at {tree}; torch {torch.__version__}"
 
 
 def pytest_collection_modifyitems(session, config, items):
     for item in items:
         if HOST_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.host)
+        try:
+            rel = Path(item.path).resolve().relative_to(REPO_ROOT).as_posix()
+        except ValueError:
+            rel = ""
+        if rel.startswith(COMFY_FACING):
+            item.add_marker(pytest.mark.comfy_facing)
+        if item.get_closest_marker("install") is not None:
+            item.add_marker(pytest.mark.slow)
         # The repo root is the pack, so it has an __init__.py, so pytest makes it a Package and imports
         # that __init__.py before the first test (as package "<clone folder name>"). The pack's
         # __init__ needs ComfyUI on sys.path and is meant to be imported by ComfyUI only: skip that.
         for node in item.listchain():
             if isinstance(node, pytest.Package) and Path(node.path) == REPO_ROOT:
                 node.setup = lambda: None
+    if os.environ.get("EMMA_LANE", "default") != "default":
+        dropped = [item for item in items if item.get_closest_marker("comfy_facing") is None]
+        if dropped:
+            config.hook.pytest_deselected(items=dropped)
+            items[:] = [item for item in items if item.get_closest_marker("comfy_facing") is not None]
 
 
 @pytest.fixture(scope="session")

