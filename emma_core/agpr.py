@@ -5,7 +5,7 @@ Paper (arXiv 2406.09162), per block, for a single condition C:
     L = L + lambda * AttnGate * TimeAwareAttn(L, C, t)       AttnGate = Linear(L)[0] * A
     L = L + lambda * FFNGate  * TimeAwareFFN(L, t)           FFNGate  = Linear(L)[1] * F
 
-Project v1 (notes/emma.md): the separable gate Linear(L) is squashed with a sigmoid and the global gates
+This project's design (docs/emma-design.md): the separable gate Linear(L) is squashed with a sigmoid and the global gates
 are used as tanh(A), tanh(F) with A = F = 0 at initialisation, as in flamingo's gated cross-attention.
 
 The block never adds to the stream itself in `attention_residual` / `ffn_residual`: several branches must
@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .ella import AdaLayerNorm, SquaredReLUMLP
+from .ella import AdaLayerNorm, SquaredReLUMLP, attend
 
 ATTENTION, FFN = 0, 1  # channels of the separable gate
 
@@ -39,7 +39,7 @@ class TimeAwareAttention(nn.Module):
     def forward(self, latents: torch.Tensor, condition: torch.Tensor, time_embedding: torch.Tensor) -> torch.Tensor:
         queries = self.ln_latents(latents, time_embedding)
         keys_values = torch.cat([queries, self.ln_condition(condition, time_embedding)], dim=1)
-        return self.attn(queries, keys_values, keys_values, need_weights=False)[0]
+        return attend(self.attn, queries, keys_values)
 
 
 class TimeAwareFFN(nn.Module):

@@ -10,7 +10,7 @@ from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
-from einops import repeat
+from einops import rearrange, repeat
 from torch import nn
 
 from .timestep import sinusoid
@@ -55,6 +55,28 @@ class ELLAConfig:
                 f"time embedding {self.time_embed_dim}, text features {self.input_dim}")
 
 
+MIN_GEMM_ROWS = 4
+
+
+def row_invariant_linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """layer(x) where each row's result does not depend on the other rows in x.
+
+    The time-dependent linears (time embedding, AdaLN modulations) see one row per timestep. A CPU BLAS
+    rounds a row differently depending on the product's shape and the row's place in it (one or two rows
+    take a matrix-vector path; larger products are tiled), so a context computed for one timestep would
+    differ in the last bits from the same timestep's row of a call made for a whole schedule. On the CPU each
+    row is therefore multiplied alone, in the same 4-row product a single row gets: sampling can compute a
+    schedule in one call and still hand every model call exactly the context of a call made for it alone
+    (torch.equal in the tests). Elsewhere (CUDA) rows are batched: fp16 kernels round at the 1e-3 level anyway
+    and launch count is what costs there.
+    """
+    if x.device.type != "cpu":
+        return layer(x)
+    rows = x.reshape(-1, x.shape[-1])
+    out = [layer(torch.cat([row[None], row[None].expand(MIN_GEMM_ROWS - 1, -1)]))[:1] for row in rows]
+    return torch.cat(out).reshape(*x.shape[:-1], -1)
+
+
 class TimestepEmbedding(nn.Module):
     def __init__(self, in_channels: int, dim: int):
         super().__init__()
@@ -62,7 +84,8 @@ class TimestepEmbedding(nn.Module):
         self.linear_2 = nn.Linear(dim, dim)
 
     def forward(self, sinusoid_features: torch.Tensor) -> torch.Tensor:
-        return self.linear_2(F.silu(self.linear_1(sinusoid_features)))
+        hidden = F.silu(row_invariant_linear(self.linear_1, sinusoid_features))
+        return row_invariant_linear(self.linear_2, hidden)
 
 
 class AdaLayerNorm(nn.Module):
@@ -74,7 +97,7 @@ class AdaLayerNorm(nn.Module):
         self.norm = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
 
     def forward(self, tokens: torch.Tensor, time_embedding: torch.Tensor) -> torch.Tensor:
-        shift, scale = self.linear(F.silu(time_embedding)).chunk(2, dim=-1)
+        shift, scale = row_invariant_linear(self.linear, F.silu(time_embedding)).chunk(2, dim=-1)
         return self.norm(tokens) * (1 + scale) + shift
 
 
@@ -88,6 +111,25 @@ class SquaredReLUMLP(nn.Module):
         return self.c_proj(F.relu(self.c_fc(tokens)) ** 2)
 
 
+def attend(attn: nn.MultiheadAttention, queries: torch.Tensor, keys_values: torch.Tensor) -> torch.Tensor:
+    """attn(queries, keys_values, keys_values) of a batch-first nn.MultiheadAttention (no mask, no dropout),
+    on its own parameters, so the connector files keep their key names.
+
+    Computed batch first throughout: nn.MultiheadAttention transposes to sequence first, and a CPU BLAS
+    rounds the rows of that strided product differently depending on the batch size (1e-6), so a row of a
+    call made for a whole schedule would not equal the same row of a call made for one timestep. Here every
+    product is over contiguous rows, which it rounds the same whatever the batch (the tests hold the two
+    equal with torch.equal, and this equal to nn.MultiheadAttention within float rounding)."""
+    width = attn.embed_dim
+    w_q, w_kv = attn.in_proj_weight.split([width, 2 * width])
+    b_q, b_kv = attn.in_proj_bias.split([width, 2 * width])
+    q = rearrange(F.linear(queries, w_q, b_q), "b n (h d) -> b h n d", h=attn.num_heads)
+    k, v = (rearrange(t, "b n (h d) -> b h n d", h=attn.num_heads)
+            for t in F.linear(keys_values, w_kv, b_kv).chunk(2, dim=-1))
+    out = F.scaled_dot_product_attention(q, k, v)
+    return attn.out_proj(rearrange(out, "b h n d -> b n (h d)"))
+
+
 class PerceiverResamplerBlock(nn.Module):
     """One PR block: latents attend to [latents; text], then a time-aware squared-ReLU MLP."""
 
@@ -99,17 +141,34 @@ class PerceiverResamplerBlock(nn.Module):
         self.ln_ff = AdaLayerNorm(width, time_embed_dim)
         self.mlp = SquaredReLUMLP(width, width * 4)
 
-    def forward(self, latents: torch.Tensor, text: torch.Tensor, time_embedding: torch.Tensor) -> torch.Tensor:
+    def attention(self, latents: torch.Tensor, text: torch.Tensor, time_embedding: torch.Tensor) -> torch.Tensor:
+        """The block's attention update (its residual): latents and their text, rows that share one text."""
         queries = self.ln_1(latents, time_embedding)
         # No attention mask exists in the released model: every text token is attended to, which is
         # why padded text changes the result and prompts are run on their true length.
-        keys_values = torch.cat([queries, self.ln_2(text, time_embedding)], dim=1)
-        latents = latents + self.attn(queries, keys_values, keys_values, need_weights=False)[0]
+        text = self.ln_2(text, time_embedding)
+        keys_values = torch.cat([queries, text.expand(queries.shape[0], -1, -1)], dim=1)
+        return attend(self.attn, queries, keys_values)
+
+    def feed_forward(self, latents: torch.Tensor, time_embedding: torch.Tensor) -> torch.Tensor:
         return latents + self.mlp(self.ln_ff(latents, time_embedding))
+
+    def forward(self, latents: torch.Tensor, text: torch.Tensor, time_embedding: torch.Tensor) -> torch.Tensor:
+        return self.feed_forward(latents + self.attention(latents, text, time_embedding), time_embedding)
 
 
 AfterBlock = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
 """after_block(block_index, latents, time_embedding) -> latents: where EMMA inserts its branches."""
+
+
+@dataclass
+class Group:
+    """Rows of one connector call that share a text (and EMMA branches): several prompts of different
+    lengths run in one call, each attending only to its own text, with no padding."""
+
+    text: torch.Tensor                       # [1 or rows, N, input_dim]
+    rows: int
+    after_block: Optional[AfterBlock] = None
 
 
 class PerceiverResampler(nn.Module):
@@ -123,16 +182,35 @@ class PerceiverResampler(nn.Module):
         )
 
     def forward(
-        self, text_features: torch.Tensor, time_embedding: torch.Tensor, after_block: Optional[AfterBlock] = None
+        self, text_features: torch.Tensor, time_embedding: torch.Tensor, after_block: Optional[AfterBlock] = None,
+        rows: Optional[int] = None,
     ) -> torch.Tensor:
-        batch = max(text_features.shape[0], time_embedding.shape[0])
+        # One text (batch 1) serves many timesteps: it is projected once and broadcast in the blocks.
+        batch = max(text_features.shape[0], time_embedding.shape[0], rows or 1)
+        return self.forward_groups([Group(text_features, batch, after_block)], time_embedding)
+
+    def forward_groups(self, groups: list[Group], time_embedding: torch.Tensor) -> torch.Tensor:
+        """Rows group after group; time_embedding [1 or all rows, 1, time_embed_dim]. What does not depend on
+        the text (time modulation, MLPs) runs on all rows at once; attention and the EMMA branches per group,
+        so every row is computed as a call for its group alone would compute it."""
+        batch = sum(g.rows for g in groups)
         latents = repeat(self.latents, "n d -> b n d", b=batch)
-        latents = latents + self.time_aware_linear(F.silu(time_embedding))
-        text = self.proj_in(text_features)
+        latents = latents + row_invariant_linear(self.time_aware_linear, F.silu(time_embedding))
+        texts = [self.proj_in(g.text) for g in groups]
+        bounds = [sum(g.rows for g in groups[:i]) for i in range(len(groups) + 1)]
+
+        def rows_of(tensor: torch.Tensor, i: int) -> torch.Tensor:
+            return tensor if tensor.shape[0] == 1 or len(groups) == 1 else tensor[bounds[i]:bounds[i + 1]]
+
         for index, block in enumerate(self.perceiver_blocks):
-            latents = block(latents, text, time_embedding)
-            if after_block is not None:
-                latents = after_block(index, latents, time_embedding)
+            update = [block.attention(rows_of(latents, i), text, rows_of(time_embedding, i))
+                      for i, text in enumerate(texts)]
+            latents = block.feed_forward(latents + (update[0] if len(update) == 1 else torch.cat(update)),
+                                         time_embedding)
+            if any(g.after_block is not None for g in groups):
+                parts = [g.after_block(index, rows_of(latents, i), rows_of(time_embedding, i))
+                         if g.after_block is not None else rows_of(latents, i) for i, g in enumerate(groups)]
+                latents = parts[0] if len(parts) == 1 else torch.cat(parts)
         return latents
 
 
@@ -156,9 +234,19 @@ class ELLA(nn.Module):
         text_features: torch.Tensor,
         timesteps: torch.Tensor | float,
         after_block: Optional[AfterBlock] = None,
+        rows: Optional[int] = None,
     ) -> torch.Tensor:
+        """`rows`: the batch to produce when neither the text nor the timesteps have it (e.g. one text at one
+        timestep with one condition reference per row); each of text and timesteps has 1 row or that many."""
         time_embedding = self.embed_time(timesteps)
-        rows, steps = text_features.shape[0], time_embedding.shape[0]
-        if steps not in (1, rows) and rows != 1:
-            raise ValueError(f"ELLA got {rows} text rows but {steps} timesteps; give one timestep or one per row")
-        return self.connector(text_features, time_embedding, after_block)
+        texts, steps = text_features.shape[0], time_embedding.shape[0]
+        batch = max(texts, steps, rows or 1)
+        if texts not in (1, batch) or steps not in (1, batch):
+            raise ValueError(f"ELLA got {texts} text rows and {steps} timesteps for {batch} rows; give one text "
+                             "or one per row, and one timestep or one per row")
+        return self.connector(text_features, time_embedding, after_block, rows=batch)
+
+    def forward_groups(self, groups: list[Group], timesteps: torch.Tensor) -> torch.Tensor:
+        """Several texts in one call: `groups` in row order, `timesteps` one per row of all groups together
+        (or one for all). Row r of group g equals the same row of `forward` called for g alone."""
+        return self.connector.forward_groups(groups, self.embed_time(timesteps))

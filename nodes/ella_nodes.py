@@ -12,10 +12,10 @@ from ..emma_core.ella_file import OFFICIAL_FILENAME
 from ..emma_core.prompt import ELLAPrompt
 from ..emma_core.state_dict import WeightsFileError
 from ..emma_core.t5 import FIXED_LENGTH
-from .errors import node_error
+from .errors import display_name, node_error, reported_by
 from . import folders
 from .handles import load_ella_handle, load_t5_handle
-from .sampling import CONNECTOR_KEY, PROMPT_KEY, apply_to_model
+from .sampling import CONNECTOR_KEY, ELLA_HOOKS, PROMPT_KEY, apply_to_model
 
 ELLA_TYPE = io.Custom("EMMA_ELLA")
 T5_TYPE = io.Custom("EMMA_T5")
@@ -40,11 +40,12 @@ class LoadELLA(io.ComfyNode):
 
     @classmethod
     def execute(cls, ella_name) -> io.NodeOutput:
-        path = folder_paths.get_full_path_or_raise("ella", ella_name)
+        with reported_by(cls):
+            path = folder_paths.get_full_path_or_raise("ella", ella_name)
         try:
             return io.NodeOutput(load_ella_handle(path, ella_name))
         except WeightsFileError as error:
-            raise node_error("Load ELLA Connector", f"{error}\nExpected the ELLA SD1.5 file "
+            raise node_error(cls, f"{error}\nExpected the ELLA SD1.5 file "
                              f"({OFFICIAL_FILENAME}) in {folder_paths.get_folder_paths('ella')}") from error
 
 
@@ -71,11 +72,9 @@ class LoadT5(io.ComfyNode):
 
     @classmethod
     def execute(cls, t5_name, precision, keep_loaded=False) -> io.NodeOutput:
-        path = folders.resolve_t5(t5_name)
-        try:
-            return io.NodeOutput(load_t5_handle(path, t5_name, TOKENIZER_DIR, precision, keep_loaded))
-        except WeightsFileError as error:
-            raise node_error("Load flan-T5 Encoder", str(error)) from error
+        with reported_by(cls):
+            return io.NodeOutput(load_t5_handle(folders.resolve_t5(t5_name), t5_name, TOKENIZER_DIR, precision,
+                                                keep_loaded))
 
 
 def ella_conditioning(ella, t5, text: str, length: str, clip_conditioning=None):
@@ -83,23 +82,24 @@ def ella_conditioning(ella, t5, text: str, length: str, clip_conditioning=None):
     try:
         features = t5.encode(text, fixed)
     except WeightsFileError as error:  # T5 freed while sampling on the CPU, and its file changed since
-        raise node_error("ELLA Text Encode", f"could not read the T5 encoder {t5.name} again: {error}\n"
-                         "Put the file back, or reload it with Load flan-T5 Encoder (keep_loaded on keeps "
+        raise node_error(ELLATextEncode, f"could not read the T5 encoder {t5.name} again: {error}\n"
+                         f"Put the file back, or reload it with {display_name(LoadT5)} (keep_loaded on keeps "
                          "T5 in memory between prompts)") from error
     if features.shape[-1] != ella.connector.config.input_dim:
-        raise node_error("ELLA Text Encode", f"the T5 encoder {t5.name} gives {features.shape[-1]}-d features "
+        raise node_error(ELLATextEncode, f"the T5 encoder {t5.name} gives {features.shape[-1]}-d features "
                          f"but the connector expects {ella.connector.config.input_dim} (flan-t5-xl)")
     clip_tokens = None
     if clip_conditioning:
         clip_tokens = clip_conditioning[0][0][0]
         if clip_tokens.shape[-1] != ella.connector.config.width:
-            raise node_error("ELLA Text Encode", f"clip_conditioning has width {clip_tokens.shape[-1]}; "
+            raise node_error(ELLATextEncode, f"clip_conditioning has width {clip_tokens.shape[-1]}; "
                              f"SD1.5 CLIP gives {ella.connector.config.width}")
     prompt = ELLAPrompt(features, clip_tokens)
     mm.load_models_gpu([ella.patcher])
     with torch.no_grad():
         placeholder = prompt.context(ella.connector, torch.tensor([PLACEHOLDER_TIMESTEP])).float().cpu()
-    meta = {PROMPT_KEY: prompt, CONNECTOR_KEY: ella, "additional_models": [ella.patcher]}
+    # The hook brings the per-call wrappers to whatever samples this conditioning, Apply ELLA/EMMA to Model or not.
+    meta = {PROMPT_KEY: prompt, CONNECTOR_KEY: ella, "additional_models": [ella.patcher], "hooks": ELLA_HOOKS}
     return [[placeholder, meta]]
 
 
@@ -111,7 +111,8 @@ class ELLATextEncode(io.ComfyNode):
             display_name="ELLA Text Encode",
             category="EMMA/conditioning",
             description="Encodes text with flan-T5 for ELLA. Use an empty text for the negative (as ELLA does). "
-                        "Needs 'Apply ELLA/EMMA to Model' on the MODEL to be exact at every step.",
+                        "The conditioning recomputes the connector at the true timestep of every sampler step "
+                        "by itself (a ComfyUI conditioning hook).",
             inputs=[
                 ELLA_TYPE.Input("ella"),
                 T5_TYPE.Input("t5"),
@@ -138,8 +139,9 @@ class ApplyToModel(io.ComfyNode):
             node_id="EMMAApplyToModel",
             display_name="Apply ELLA/EMMA to Model",
             category="EMMA",
-            description="Makes the model compute ELLA/EMMA conditioning from the true timestep of every model "
-                        "call (exact for every sampler and scheduler; ControlNet sees the same context).",
+            description="Optional: ELLA conditioning brings its per-step wrappers by itself. This node adds the same "
+                        "wrappers to a clone of the model, for graphs made before that (it changes nothing when "
+                        "both are present).",
             inputs=[io.Model.Input("model")],
             outputs=[io.Model.Output()],
         )

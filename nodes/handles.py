@@ -5,23 +5,34 @@ import gc
 import logging
 import time
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import comfy.model_management as mm
 import comfy.model_patcher
+import comfy.patcher_extension
 import torch
 
 from ..emma_core.ella_file import load_ella
+from .contexts import ContextCache
 from ..emma_core.t5 import T5TextEncoder, compute_dtype, load_t5_encoder, load_tokenizer
 
 log = logging.getLogger("ComfyUI-EMMA")
 
 
-@dataclass
+@dataclass(eq=False)
 class ELLAHandle:
     name: str
     patcher: comfy.model_patcher.ModelPatcher
+    contexts: ContextCache = field(default_factory=ContextCache)  # schedule contexts kept across runs
+
+    def __post_init__(self):
+        self.patcher.add_callback(comfy.patcher_extension.CallbacksMP.ON_DETACH, self._on_unload)
+
+    def _on_unload(self, *args) -> None:
+        """ComfyUI moved the connector off its device: contexts kept on a GPU go with it (they would hold VRAM
+        the next model needs); on the CPU they stay. ComfyUI's "free memory" drops the whole handle."""
+        self.contexts.clear_device_tables()
 
     @property
     def connector(self):
@@ -60,8 +71,6 @@ class T5Handle:
     patcher: comfy.model_patcher.ModelPatcher
     reload: Optional[Callable[[], torch.nn.Module]] = None
     keep_loaded: bool = False
-    reloads: int = 0
-    last_reload_s: Optional[float] = None
 
     def __post_init__(self):
         _LIVE_T5.add(self)
@@ -102,10 +111,9 @@ class T5Handle:
         self.encoder.model = model
         self.patcher = comfy.model_patcher.ModelPatcher(_Holder(model), self.patcher.load_device,
                                                         self.patcher.offload_device)
-        self.reloads += 1
-        self.last_reload_s = time.perf_counter() - t0
         log.info("EMMA: flan-T5 %s read again from its file in %.1f s (its weights are freed while sampling "
-                 "on the CPU; set keep_loaded on Load flan-T5 Encoder to keep them)", self.name, self.last_reload_s)
+                 "on the CPU; set keep_loaded on Load flan-T5 Encoder (ELLA) to keep them)", self.name,
+                 time.perf_counter() - t0)
 
 
 def release_t5_encoders() -> dict[str, str]:

@@ -388,12 +388,12 @@ class Bench:
             first = self.t5_handle.encode(PROMPT, None)
             sync()
             first_s = time.perf_counter() - t0
-            hits0, fw0 = encoder.cache_hits, forwards[0]
+            cached, fw0 = encoder.cached(PROMPT, None), forwards[0]
             t0 = time.perf_counter()
             again = self.t5_handle.encode(PROMPT, None)
             repeat_s = time.perf_counter() - t0
             repeat_forwards = forwards[0] - fw0
-            hit = encoder.cache_hits == hits0 + 1 and repeat_forwards == 0
+            hit = cached and repeat_forwards == 0
             # The same through the node the graph uses (a third lookup of the same prompt: another hit).
             t0 = time.perf_counter()
             self.positive = self.m["EMMATextEncode"].execute(self.ella, self.t5_handle, PROMPT, "flexible").result[0]
@@ -410,7 +410,7 @@ class Bench:
             first_encode_s=first_s, repeated_encode_s=repeat_s, repeated_cache_hit=hit,
             repeated_t5_forwards=repeat_forwards,
             node_repeated_encode_s=node_repeat_s, node_repeated_cache_hit=node_hit,
-            cache_hits_total=encoder.cache_hits, t5_forward_calls_total=forwards[0],
+            t5_forward_calls_total=forwards[0],
             load_device=str(patcher.load_device), offload_device=str(patcher.offload_device),
             keep_loaded=self.args.keep_t5, after_encodes=self._t5_resident())
         log(f"T5 encode: first {fmt_s(first_s)} ({tokens} tokens), repeated {fmt_s(repeat_s)} "
@@ -420,13 +420,24 @@ class Bench:
     def t5_new_prompt_after_sampling(self):
         """What the next new prompt costs once sampling has released T5 (on the CPU: read from the file)."""
         before = self._t5_resident()
+        reads = []  # seconds of each read of T5's file, timed where the handle reads it
+        read_file = self.t5_handle.reload
+
+        def timed_read():
+            t0 = time.perf_counter()
+            model = read_file()
+            reads.append(time.perf_counter() - t0)
+            return model
+
+        self.t5_handle.reload = timed_read
         t0 = time.perf_counter()
         self.t5_handle.encode(PROMPT + " Seen from the sea.", None)
         total = time.perf_counter() - t0
-        self.results["t5"]["new_prompt_after_sampling"] = dict(
-            before=before, total_s=total, reloads=self.t5_handle.reloads, reload_s=self.t5_handle.last_reload_s)
-        log(f"T5 after sampling: {before}; a new prompt took {fmt_s(total)} "
-            f"(reading T5 again: {fmt_s(self.t5_handle.last_reload_s)})")
+        self.t5_handle.reload = read_file
+        reload_s = reads[0] if reads else None
+        self.results["t5"]["new_prompt_after_sampling"] = dict(before=before, total_s=total, reloads=len(reads),
+                                                               reload_s=reload_s)
+        log(f"T5 after sampling: {before}; a new prompt took {fmt_s(total)} (reading T5 again: {fmt_s(reload_s)})")
 
     def _t5_resident(self) -> dict:
         handle = self.t5_handle
@@ -510,9 +521,9 @@ class Bench:
             f"ELLA positive counted {pos_text / 1e9:.3f} vs analytic {analytic / 1e9:.3f} GFLOP")
 
     # ---- sampling ---------------------------------------------------------------------------------
-    def _sample(self, cfg: dict, steps: int, seed: int = 7, size: Optional[int] = None):
+    def _sample(self, cfg: dict, steps: int, seed: int = 7, size: Optional[int] = None, batch: int = 1):
         size = size or self.args.size
-        latent = self.m["EmptyLatentImage"]().generate(size, size, 1)[0]
+        latent = self.m["EmptyLatentImage"]().generate(size, size, batch)[0]
         with torch.inference_mode():
             out = self.nodes.common_ksampler(cfg["model"], seed, steps, 7.0, "euler", "normal",
                                              cfg["positive"], cfg["negative"], latent, denoise=1.0)[0]["samples"]
@@ -590,6 +601,64 @@ class Bench:
                                 runs=memory[n]) for n in names},
             t5_during_sampling=t5_during)
 
+    # ---- schedule contexts: before / after --------------------------------------------------------------
+    def schedule_matrix(self):
+        """Per-step time and connector calls per run, for plain CLIP and for ELLA text / text + face + object
+        computed per model call (the pack before the schedule contexts: EMMA_CONTEXT_RUN_MB=0), from the
+        schedule computed as sampling starts (first run: the cache emptied), and repeated (new seed, same
+        settings: from the cache). Sizes x batches, configurations interleaved within each repeat."""
+        sampling = self.pack("nodes.sampling")
+        connector = self.ella.connector
+        calls = [0]  # forward (one prompt, one model call) and forward_groups (a run's whole schedule)
+        hook = connector.register_forward_pre_hook(lambda *a: calls.__setitem__(0, calls[0] + 1))
+        grouped = connector.forward_groups
+
+        def counted(*args, **kwargs):
+            calls[0] += 1
+            return grouped(*args, **kwargs)
+
+        connector.forward_groups = counted
+        limit = sampling.RUN_LIMIT_MB
+        steps, repeats = self.args.matrix_steps, self.args.repeats
+        modes = [("clip", None)] + [(n, m) for n in ("ella", "assembled") for m in ("per call", "schedule", "repeated")]
+        out = []
+        try:
+            for size in self.args.matrix_sizes:
+                for batch in self.args.matrix_batches:
+                    rows = {f"{n}/{m}" if m else n: dict(runs=[], connector_calls=[], peak=[]) for n, m in modes}
+                    for rep in range(repeats):
+                        for name, mode in modes:
+                            key = f"{name}/{mode}" if mode else name
+                            sampling.RUN_LIMIT_MB = 0.0 if mode == "per call" else limit
+                            if mode == "schedule":
+                                self.ella.contexts.clear()
+                            calls[0] = 0
+                            with PeakMemory(self.device) as peak:
+                                t0 = time.perf_counter()
+                                self._sample(self.configs[name], steps, seed=7 + rep, size=size, batch=batch)
+                                secs = time.perf_counter() - t0
+                            rows[key]["runs"].append(secs)
+                            rows[key]["connector_calls"].append(calls[0])
+                            rows[key]["peak"].append(peak.result)
+                            log(f"{size}px batch {batch} repeat {rep + 1}/{repeats} {key:22s}: {secs / steps:.3f} "
+                                f"s/step, {calls[0]} connector calls, peak +{fmt_gb(peak.result['delta'])}")
+                    clip = median(rows["clip"]["runs"])
+                    out.append(dict(size=size, batch=batch, steps=steps, sampler="euler", scheduler="normal",
+                                    per_step_s={k: median(v["runs"]) / steps for k, v in rows.items()},
+                                    ratio_to_clip={k: median(v["runs"]) / clip for k, v in rows.items()},
+                                    connector_calls_per_run={k: v["connector_calls"] for k, v in rows.items()},
+                                    peak_delta_bytes={k: median([p["delta"] for p in v["peak"]]) for k, v in rows.items()},
+                                    runs_s={k: v["runs"] for k, v in rows.items()}))
+        finally:
+            hook.remove()
+            del connector.forward_groups
+            sampling.RUN_LIMIT_MB = limit
+        self.results["schedule_matrix"] = dict(
+            note="connector calls per KSampler run: 'per call' = the pack before schedule contexts (2 prompts x "
+                 "model calls); 'schedule' = contexts of every sigma computed as sampling starts (first run); "
+                 "'repeated' = a new seed with the same settings (contexts from the cache)",
+            dtype=str(next(connector.parameters()).dtype), blocks=out)
+
     # ---- report -----------------------------------------------------------------------------------
     def table(self) -> str:
         r = self.results
@@ -642,6 +711,13 @@ def parse_args(argv=None):
                    help="stand-in model files (devtools/standins), generated when missing")
     p.add_argument("--out", type=Path, default=None,
                    help="JSON results (default docs/bench/sampling-<cpu|cuda>.json)")
+    p.add_argument("--matrix", action="store_true",
+                   help="also time per-call vs schedule contexts (and repeated runs) over --matrix-sizes x "
+                        "--matrix-batches, counting connector calls per run (docs/performance.md)")
+    p.add_argument("--matrix-sizes", type=int, nargs="+", default=[512, 1024])
+    p.add_argument("--matrix-batches", type=int, nargs="+", default=[1, 4])
+    p.add_argument("--matrix-steps", type=int, default=20)
+    p.add_argument("--skip-main", action="store_true", help="only the matrix (and what it needs)")
     return p.parse_args(argv)
 
 
@@ -664,6 +740,13 @@ def main(argv=None) -> int:
     bench.build_unet()
     bench.conditioning()
     bench.flops()
+    if args.matrix:
+        bench.schedule_matrix()
+    if args.skip_main:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(bench.results, indent=1, default=str) + "\n")
+        print(json.dumps(bench.results.get("schedule_matrix"), indent=1, default=str))
+        return 0
     bench.sampling()
     bench.t5_new_prompt_after_sampling()
     bench.results["machine"]["load_average_at_end"] = list(os.getloadavg())

@@ -1,4 +1,4 @@
-"""ELLA connector: the official layout loads strictly, and the math matches notes/ella.md written out here."""
+"""ELLA connector: the official layout loads strictly, and the math matches docs/ella.md written out here."""
 import json
 import math
 
@@ -7,11 +7,11 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from emma_core.ella import ELLA, ELLAConfig
+from emma_core.ella import ELLA, ELLAConfig, attend
 from emma_core.ella_file import ella_from_state_dict, load_ella, save_ella
 from emma_core.state_dict import WeightsFileError
 
-# The released file's table, typed from notes/ella.md (not derived from our module).
+# The released file's table, typed from docs/ella.md (not derived from our module).
 BLOCK_KEYS = {
     "attn.in_proj_weight": (2304, 768), "attn.in_proj_bias": (2304,),
     "attn.out_proj.weight": (768, 768), "attn.out_proj.bias": (768,),
@@ -71,7 +71,7 @@ def test_bad_state_dict_names_the_key_and_expected_shape(edit, fragment):
     assert "broken.safetensors" in str(info.value)
 
 
-# ---- an independent computation of the formulas in notes/ella.md ---------------------------------
+# ---- an independent computation of the formulas in docs/ella.md ---------------------------------
 
 def reference_ella(sd, text, t):
     sd = {k: v.double() for k, v in sd.items()}
@@ -135,6 +135,19 @@ def test_per_row_timesteps_equal_separate_calls():
     assert torch.allclose(both[0], first[0], atol=1e-5)
     assert torch.allclose(both[1], second[0], atol=1e-5)
     assert not torch.allclose(first, second, atol=1e-3)
+
+
+def test_attention_is_multihead_attention_and_each_row_is_computed_as_if_alone():
+    torch.manual_seed(4)
+    attn = torch.nn.MultiheadAttention(768, 8, batch_first=True).eval()
+    queries, keys_values = torch.randn(3, 64, 768), torch.randn(3, 83, 768)
+    with torch.no_grad():
+        ours = attend(attn, queries, keys_values)
+        torch_mha = attn(queries, keys_values, keys_values, need_weights=False)[0]
+        alone = [attend(attn, queries[i:i + 1], keys_values[i:i + 1]) for i in range(3)]
+    assert torch.allclose(ours, torch_mha, atol=2e-6, rtol=0), (ours - torch_mha).abs().max()
+    # a row of a batched call (a whole schedule) equals a call made for that row alone, bit for bit
+    assert all(torch.equal(ours[i:i + 1], alone[i]) for i in range(3))
 
 
 def test_file_loader_accepts_fp16_file_and_refuses_other_kinds(tmp_path):

@@ -32,3 +32,13 @@ def sample(mapping, model, positive, negative, sampler, scheduler, steps=3, seed
     with torch.inference_mode():
         return mapping["KSampler"]().sample(model, seed, steps, cfg, sampler, scheduler, positive, negative,
                                             latent, denoise=1.0)[0]["samples"]
+
+
+def pack_module(name: str):
+    """The pack's own module `name` (e.g. "nodes.sampling") as ComfyUI loaded it: the repo's top-level
+    packages are other module objects, whose classes would not match the pack's."""
+    import importlib
+    import sys
+
+    pack = next(n for n, mod in sys.modules.items() if n.endswith("ComfyUI-EMMA") and hasattr(mod, "__path__"))
+    return importlib.import_module(f"{pack}.{name}")
