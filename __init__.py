@@ -5,4 +5,8 @@ NODE_CLASS_MAPPINGS here would make ComfyUI ignore it).
 """
 from .nodes import comfy_entrypoint
 
-__all__ = ["comfy_entrypoint"]
+# Served by ComfyUI at /extensions/<pack folder>/: web/docs/<node id>.md is the node's help page in the
+# frontend's node-docs side panel (no JavaScript is shipped).
+WEB_DIRECTORY = "./web"
+
+__all__ = ["comfy_entrypoint", "WEB_DIRECTORY"]

@@ -67,6 +67,7 @@ OUTPUTS = {
     "BasicScheduler": [("SIGMAS", "SIGMAS")],
     "SamplerCustomAdvanced": [("output", "LATENT"), ("denoised_output", "LATENT")],
     "LoraLoader": [("MODEL", "MODEL"), ("CLIP", "CLIP")],
+    "EMMALoadFeatures": [("FEATURES", "EMMA_FEATURES")],
 }
 
 # EMMA modules: no one has released any; train them with the pack's trainer (README) under these names.
@@ -148,8 +149,8 @@ def ella_text_to_image() -> dict:
     n = ella_text_nodes(w)
     w.add("Note", ["ELLA text-to-image. Models: checkpoints/" + SD15_CHECKPOINT + ", ella/" + ELLA_FILE +
                    ", text_encoders/" + T5_FOLDER + " (Hugging Face folder of google/flan-t5-xl, or one "
-                   ".safetensors). 'Apply ELLA/EMMA to Model' makes the connector follow the true timestep "
-                   "of every sampler step. Long descriptive prompts work best."], pos=(0, 620), size=(420, 160))
+                   ".safetensors). 'Apply ELLA/EMMA to Model' is optional (ELLA conditioning follows the "
+                   "true timestep of every sampler step by itself). Long descriptive prompts work best."], pos=(0, 620), size=(420, 160))
     sampler_tail(w, (n["model"], 0), (n["positive"], 0), (n["negative"], 0), (n["ckpt"], 2))
     return w.to_json()
 
@@ -332,6 +333,66 @@ def emu_apply_lora() -> dict:
     return w.to_json()
 
 
+# The world of docs/world.md: models made by `python -m devtools.world build`, never downloaded.
+WORLD_CHECKPOINT = "emma-world-sd15.safetensors"
+WORLD_ELLA = "emma-world-ella.safetensors"
+WORLD_T5 = "emma-world-flan-t5-standin.safetensors"
+WORLD_OBJECT = "emma-world-object.safetensors"
+WORLD_STYLE = "emma-world-style.safetensors"
+WORLD_OBJECT_REFERENCE = "emma-world-object-reference.safetensors"
+WORLD_STYLE_REFERENCE = "emma-world-style-reference.safetensors"
+WORLD_PROMPT = "a circle"
+WORLD_SEED = 20261129
+
+
+def emma_world_assembled() -> dict:
+    """The assembled row of the world's table as a graph: the text names the shape, an object module's
+    reference (a red square) gives the colour, a style module's reference (a striped patch) the background.
+    No Apply ELLA/EMMA to Model: ELLA conditioning carries its per-step wrappers itself."""
+    w = UIWorkflow()
+    ckpt = w.add("CheckpointLoaderSimple", [WORLD_CHECKPOINT], pos=(0, 0), size=(320, 100))
+    ella = w.add("EMMALoadELLA", [WORLD_ELLA], pos=(0, 150), size=(320, 60))
+    t5 = w.add("EMMALoadT5", [WORLD_T5, "auto", True], pos=(0, 260), size=(320, 80))
+    positive = w.add("EMMATextEncode", [WORLD_PROMPT, "flexible"], {"ella": (ella, 0), "t5": (t5, 0)},
+                     pos=(380, 0), size=(360, 140), title="ELLA Text Encode (names only the shape)")
+    negative = w.add("EMMATextEncode", ["", "flexible"], {"ella": (ella, 0), "t5": (t5, 0)},
+                     pos=(380, 190), size=(360, 120), title="ELLA Text Encode (negative: empty)")
+    conditions = None
+    for i, (module, reference, title) in enumerate(((WORLD_OBJECT, WORLD_OBJECT_REFERENCE, "object: the colour"),
+                                                    (WORLD_STYLE, WORLD_STYLE_REFERENCE, "style: the background"))):
+        y = 400 + i * 260
+        loaded = w.add("EMMALoadModule", [module], pos=(0, y), size=(320, 60))
+        features = w.add("EMMALoadFeatures", [reference], pos=(0, y + 100), size=(320, 60),
+                         title=f"Load EMMA Features ({title})")
+        inputs = {"module": (loaded, 0), "features": (features, 0)}
+        if conditions is not None:
+            inputs["conditions"] = conditions
+        conditions = (w.add("EMMACondition", [1.0, 0.0, 1.0], inputs, pos=(380, y), size=(300, 150)), 0)
+    assembled = w.add("EMMAAssemble", [False], {"positive": (positive, 0), "negative": (negative, 0),
+                                               "conditions": conditions}, pos=(780, 0), size=(300, 100))
+    latent = w.add("EmptyLatentImage", [64, 64, 1], pos=(780, 420), size=(300, 110))
+    from .world.evaluate import Sampling  # the evaluation's settings: this graph is its assembled row
+
+    sampling = Sampling()
+    sampled = w.add("KSampler", [WORLD_SEED, "fixed", sampling.steps, sampling.cfg, sampling.sampler,
+                                 sampling.scheduler, 1.0],
+                    {"model": (ckpt, 0), "positive": (assembled, 0), "negative": (assembled, 1),
+                     "latent_image": (latent, 0)}, pos=(1120, 0), size=(320, 300))
+    image = w.add("VAEDecode", [], {"samples": (sampled, 0), "vae": (ckpt, 2)}, pos=(1480, 0), size=(220, 50))
+    w.add("SaveImage", ["EMMA/world"], {"images": (image, 0)}, pos=(1480, 100), size=(300, 300))
+    w.add("Note", ["The world of docs/world.md, where EMMA can be measured: pictures of one coloured shape on a grey "
+                   "patterned ground. The text names only the shape; the object module takes the colour from its "
+                   "reference (a red square: the text still decides the shape), the style module takes the "
+                   "background from a patch of stripes; the two modules were trained apart and are assembled here. "
+                   "Build the models with `python -m devtools.world build` (they are made, never downloaded)."],
+          pos=(780, 600), size=(420, 200))
+    return w.to_json()
+
+
+# Workflows that need the world's own trained models (docs/world.md; no stand-in has their shapes): the
+# browser test loads them, tests/devtools/world/test_world_ci.py runs them on the server.
+WORLD_WORKFLOWS = {"emma_world_assembled.json"}
+
 WORKFLOWS = {
     "ella_text_to_image.json": ella_text_to_image,
     "ella_controlnet.json": ella_controlnet,
@@ -343,6 +404,7 @@ WORKFLOWS = {
     "emma_two_regions.json": emma_two_regions,
     "umm_subject.json": umm_subject,
     "emu_apply_lora.json": emu_apply_lora,
+    "emma_world_assembled.json": emma_world_assembled,
 }
 
 

@@ -26,8 +26,6 @@ FLAN_T5_XL = dict(
 )
 
 
-
-
 def machine_info(device: torch.device) -> dict:
     cpu = platform.processor() or "?"
     try:
@@ -55,9 +53,10 @@ def machine_info(device: torch.device) -> dict:
 
 
 def random_state_dict(module: torch.nn.Module, seed: int, embed_std: float = 1.0) -> dict[str, torch.Tensor]:
-    """Random weights for every tensor of a (meta-device) module, tensor by tensor (fast, deterministic):
-    norms 1, biases 0, embeddings N(0, embed_std), other weights N(0, 1/fan_in) with fan_in = every axis
-    but the first (so convolutions and linears keep activations O(1) through a deep stack)."""
+    """Random weights for every tensor of a (meta-device) module, tensor by tensor from one generator (fast:
+    a model's own init of 100 M+ parameters takes seconds on 2 cores; deterministic): norms 1, biases 0,
+    embeddings N(0, embed_std), other weights N(0, 1/fan_in) with fan_in = every axis but the first (so
+    convolutions and linears keep activations O(1) through a deep stack); integer buffers 0."""
     gen = torch.Generator().manual_seed(seed)
     state = {}
     for name, meta in module.state_dict(keep_vars=True).items():

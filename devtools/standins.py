@@ -27,6 +27,8 @@ from typing import Callable
 
 import torch
 
+from devtools.real_size import random_state_dict
+
 SEED = 20240401
 
 CHECKPOINT = "emma-standin-sd15-tiny.safetensors"
@@ -143,41 +145,16 @@ def sd15_vae_state_dict(seed: int = SEED + 1) -> dict[str, torch.Tensor]:
     return vae.state_dict()
 
 
-def random_like_hf(model_cls, config, seed: int, embed_std: float) -> dict[str, torch.Tensor]:
-    """Random weights for a transformers model, fast and deterministic.
-
-    The model is built on the meta device (shapes only: transformers' own init of a 100 M+ parameter
-    model takes seconds on 2 cores), then every tensor is drawn from one torch.Generator: norms 1/0,
-    biases 0, embeddings N(0, embed_std), matrices N(0, 1/fan_in) so activations keep their scale.
-    """
-    with torch.device("meta"):
-        model = model_cls(config)
-    gen = torch.Generator().manual_seed(seed)
-    out = {}
-    for name, meta in model.state_dict().items():
-        leaf = name.rsplit(".", 1)[-1]
-        if not meta.is_floating_point():
-            continue  # buffers such as position_ids are added by the caller
-        if "norm" in name:
-            t = torch.ones(meta.shape) if leaf == "weight" else torch.zeros(meta.shape)
-        elif leaf == "bias":
-            t = torch.zeros(meta.shape)
-        elif "embed" in name or "shared" in name or "relative_attention_bias" in name:
-            t = torch.randn(meta.shape, generator=gen) * embed_std
-        else:
-            t = torch.randn(meta.shape, generator=gen) * meta.shape[-1] ** -0.5
-        out[name] = t.to(meta.dtype)
-    return out
-
-
 def clip_l_state_dict(seed: int = SEED + 2) -> dict[str, torch.Tensor]:
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    sd = random_like_hf(CLIPTextModel, CLIPTextConfig(**CLIP_L_CONFIG), seed, embed_std=0.02)
+    with torch.device("meta"):
+        model = CLIPTextModel(CLIPTextConfig(**CLIP_L_CONFIG))
+    sd = random_state_dict(model, seed, embed_std=0.02)
     # Real SD1.5 files name it `text_model.*` (transformers < 5 layout); transformers 5 drops the prefix.
     sd = {(k if k.startswith("text_model.") else "text_model." + k): v for k, v in sd.items()}
     # Real SD1.5 files carry this buffer (older transformers persisted it); recent transformers do not.
-    sd.setdefault("text_model.embeddings.position_ids", torch.arange(77, dtype=torch.int64)[None])
+    sd["text_model.embeddings.position_ids"] = torch.arange(77, dtype=torch.int64)[None]
     return sd
 
 
@@ -216,8 +193,10 @@ def build_t5(path: Path, seed: int = SEED + 5) -> None:
     """A T5 encoder (transformers T5EncoderModel, HF key names), fp16 like the ELLA release used."""
     from transformers import T5Config, T5EncoderModel
 
+    with torch.device("meta"):
+        model = T5EncoderModel(T5Config(**TINY_T5_CONFIG))
     # embed_std 1.0: T5's own init of `shared` (its inputs are not rescaled by sqrt(d_model)).
-    sd = random_like_hf(T5EncoderModel, T5Config(**TINY_T5_CONFIG), seed, embed_std=1.0)
+    sd = random_state_dict(model, seed, embed_std=1.0)
     # The embedding is tied (shared.weight == encoder.embed_tokens.weight); HF writes it once.
     sd.pop("encoder.embed_tokens.weight", None)
     _save(_cast(sd, torch.float16), path, metadata={"format": "pt"})
@@ -238,21 +217,6 @@ def build_ella(path: Path, seed: int = SEED + 6) -> None:
     _save(_cast(sd, torch.float16), path)
 
 
-def random_state_dict(shapes: dict[str, torch.Size], seed: int) -> dict[str, torch.Tensor]:
-    """Weights ~ N(0, 1/fan_in), norms 1, biases 0: activations stay O(1) through deep stacks."""
-    g = torch.Generator().manual_seed(seed)
-    out = {}
-    for name, shape in shapes.items():
-        if name.endswith("bias"):
-            out[name] = torch.zeros(shape)
-        elif "norm" in name and len(shape) == 1:
-            out[name] = torch.ones(shape)
-        else:
-            fan_in = shape[-1] if len(shape) > 1 else shape[0]
-            out[name] = torch.randn(shape, generator=g) * fan_in ** -0.5
-    return out
-
-
 def build_clip_vision_h(path: Path, seed: int = SEED + 7) -> None:
     """CLIP ViT-H/14 in the layout of the file IPAdapter users have (transformers names, 'vision_model.*'
     + 'visual_projection.weight'), real size (ComfyUI picks the config by layer count), random, fp16."""
@@ -261,9 +225,7 @@ def build_clip_vision_h(path: Path, seed: int = SEED + 7) -> None:
     config = os.path.join(os.path.dirname(comfy.clip_vision.__file__), "clip_vision_config_h.json")
     with torch.device("meta"):
         model = comfy.clip_vision.ClipVisionModel(config)
-    shapes = {k: v.shape for k, v in model.model.state_dict().items()}
-    sd = random_state_dict(shapes, seed)
-    _save(_cast(sd, torch.float16), path)
+    _save(_cast(random_state_dict(model.model, seed, embed_std=0.02), torch.float16), path)
 
 
 def build_emma_module(path: Path, modality: str, seed: int) -> None:

@@ -3,7 +3,7 @@
 Each adapter is trained with its EMMA module and declares the feature kind and input dims it expects, so
 feeding it another encoder's output is a clear error rather than a silent shape accident.
 
-Feature kinds (notes/emma.md, v1):
+Feature kinds (docs/emma-design.md):
   face         {"embedding": [B, 512]}                        insightface ArcFace normed embedding
   clip_tokens  {"hidden": [B, 257, 1280], "embeds": [B, 1024]} CLIP ViT-H/14 penultimate hidden states and
                optional "mask": [B, 256]                       image_embeds; mask = per-patch weights
@@ -35,6 +35,7 @@ class Features:
 
     kind: str
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    encoder: str = ""  # what made them, e.g. "InsightFace antelopev2 ArcFace" ("" = not known)
 
     @property
     def batch(self) -> int:

@@ -57,16 +57,20 @@ def _batched(branch: Branch, rows: int) -> torch.Tensor:
                      f"latents have {rows}: give one image (used for every row) or one per row")
 
 
-def _scale(branch: Branch, rows: int, dtype: torch.dtype) -> Union[float, torch.Tensor]:
-    """lambda of a branch: a float, or [rows, 1, 1] for per-row weights."""
+def _scale(branch: Branch, rows: int, dtype: torch.dtype) -> torch.Tensor:
+    """lambda of a branch: a 0-d tensor, or [rows, 1, 1] for per-row weights."""
     gate_scale = branch.module.config.gate_scale
     if not torch.is_tensor(branch.weight):
-        return gate_scale * float(branch.weight)
+        # a tensor of the compute dtype, not a Python float: torch multiplies a float scalar in double and
+        # then rounds, a tensor in the compute dtype; per-row weights (below) must round the same way
+        return torch.tensor(gate_scale * float(branch.weight), dtype=dtype, device=branch.tokens.device)
     weight = branch.weight.reshape(-1)
     if weight.shape[0] not in (1, rows):
         raise ValueError(f"EMMA {branch.module.config.modality} branch has {weight.shape[0]} weights for "
                          f"{rows} rows")
-    return (gate_scale * weight.to(dtype)).view(-1, 1, 1)
+    # lambda in float64, then the compute dtype: the same number a scalar weight gives (Python floats are
+    # float64), so per-row weights reproduce a scalar-weight call bit for bit
+    return (gate_scale * weight.double()).to(dtype).view(-1, 1, 1).to(branch.tokens.device)
 
 
 def _skipped(branch: Branch) -> bool:

@@ -14,6 +14,11 @@ from .adapters import Features
 log = logging.getLogger(__name__)
 
 
+def encoder_name(clip_vision_file: str) -> str:
+    """What made CLIP features, as features and EMMA module files record it ("" when the file is not known)."""
+    return f"CLIP vision {clip_vision_file}" if clip_vision_file else ""
+
+
 def patch_weights(mask: torch.Tensor, patches: int, image_size: int, crop: bool) -> torch.Tensor:
     """MASK [B, H, W] (1 = object) -> [B, patches] in the patch grid CLIP saw, after the same resize and
     centre crop as the image, so a weight lines up with the patch token it scales."""
@@ -44,13 +49,14 @@ def clip_features(
     mask: Optional[torch.Tensor] = None,
     image_size: int = 224,
     crop: bool = True,
+    encoder: str = "",
 ) -> Features:
     hidden = penultimate_hidden_states.detach().float().cpu()
     embeds = image_embeds.detach().float().cpu()
     if kind == "style":
         if mask is not None:
             raise ValueError("style features use the global embedding only: a mask has no effect; remove it")
-        return Features("style", {"embeds": embeds})
+        return Features("style", {"embeds": embeds}, encoder)
     tensors = {"hidden": hidden, "embeds": embeds}
     if mask is not None and float(mask.max()) == 0.0:
         # LoadImage gives an all-zero MASK for images without alpha: that means "nothing painted", so
@@ -62,4 +68,4 @@ def clip_features(
         if weights.shape[0] not in (1, hidden.shape[0]):
             raise ValueError(f"the mask has {weights.shape[0]} frames but there are {hidden.shape[0]} images")
         tensors["mask"] = weights.expand(hidden.shape[0], -1).contiguous()
-    return Features("clip_tokens", tensors)
+    return Features("clip_tokens", tensors, encoder)

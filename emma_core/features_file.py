@@ -13,10 +13,12 @@ VERSION = 1
 
 
 def save_features(features: Features, path: str, meta: dict | None = None) -> str:
-    """Atomic: a crash mid-write leaves any earlier file of that name intact."""
+    """Atomic: a crash mid-write leaves any earlier file of that name intact. What made the features goes into
+    the meta as "encoder" (when known), so they keep their provenance across a save and a load."""
+    meta = {**(meta or {}), **({"encoder": features.encoder} if features.encoder else {})}
     metadata = {"format": FORMAT, "format_version": str(VERSION), "feature_kind": features.kind,
                 "shapes": json.dumps({k: list(v.shape) for k, v in features.tensors.items()}),
-                "meta": json.dumps(meta or {})}
+                "meta": json.dumps(meta)}
     save_safetensors_atomic(path, {k: v.float() for k, v in features.tensors.items()}, metadata)
     return path
 
@@ -34,4 +36,5 @@ def load_features(path: str) -> tuple[Features, dict]:
     kind = metadata.get("feature_kind", "")
     if kind not in FEATURE_KINDS:
         raise WeightsFileError(f"{name}: unknown feature kind {kind!r} (known: {', '.join(FEATURE_KINDS)})")
-    return Features(kind, tensors), json.loads(metadata.get("meta", "{}"))
+    meta = json.loads(metadata.get("meta", "{}"))
+    return Features(kind, tensors, str(meta.get("encoder", ""))), meta

@@ -66,7 +66,7 @@ def config_from_state_dict(state_dict: dict[str, torch.Tensor]):
     )
 
 
-def _read_folder(folder: str) -> tuple[dict[str, torch.Tensor], Optional[dict]]:
+def _read_folder(folder: str) -> tuple[dict[str, torch.Tensor], dict]:
     """Encoder tensors of an HF folder; decoder shards of a full seq2seq checkpoint are never read in."""
     from safetensors import safe_open
 
@@ -75,6 +75,16 @@ def _read_folder(folder: str) -> tuple[dict[str, torch.Tensor], Optional[dict]]:
         pickles = [os.path.basename(p) for p in glob.glob(os.path.join(folder, "*.bin"))]
         hint = f" (found {', '.join(pickles)}: pickled weights are not loaded)" if pickles else ""
         raise WeightsFileError(f"{folder}: no .safetensors weights in this T5 folder{hint}")
+    config_path = os.path.join(folder, "config.json")
+    if not os.path.isfile(config_path):
+        raise WeightsFileError(f"{folder}: this T5 folder has no config.json. A Hugging Face folder holds its "
+                               "config.json next to the .safetensors: copy it there from the same release "
+                               "(google/flan-t5-xl), or put the encoder in text_encoders as one .safetensors file")
+    try:
+        with open(config_path, encoding="utf-8") as f:
+            config = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise WeightsFileError(f"{config_path} could not be read as JSON: {error}") from error
     tensors: dict[str, torch.Tensor] = {}
     for path in files:
         try:
@@ -84,8 +94,6 @@ def _read_folder(folder: str) -> tuple[dict[str, torch.Tensor], Optional[dict]]:
                         tensors[key] = f.get_tensor(key)
         except Exception as error:  # safetensors raises several types for a damaged file
             raise WeightsFileError(f"{path} could not be read as .safetensors: {error}") from error
-    config_path = os.path.join(folder, "config.json")
-    config = json.load(open(config_path)) if os.path.isfile(config_path) else None
     return tensors, config
 
 
@@ -145,7 +153,6 @@ class T5TextEncoder:
         self.tokenizer = tokenizer
         self._cache: OrderedDict[tuple[str, Optional[int]], torch.Tensor] = OrderedDict()
         self.cache_size = cache_size
-        self.cache_hits = 0
 
     @property
     def width(self) -> int:
@@ -168,7 +175,6 @@ class T5TextEncoder:
         key = (text, fixed_length)
         if key in self._cache:
             self._cache.move_to_end(key)
-            self.cache_hits += 1
             return self._cache[key]
         ids, mask = self.token_ids(text, fixed_length)
         param = next(self.model.parameters())

@@ -6,7 +6,9 @@ applies classifier-free guidance s:
 
     eps = eps(empty) + s * [(1 - w) * (eps(h_y) - eps(empty)) + w * (eps(h_u) - eps(empty))]
 
-The weights of the three predictions sum to 1, so the same blend holds for x0 (denoised) predictions.
+The weights of the three predictions sum to 1, so the same blend holds for x0 (denoised) predictions. It is
+ComfyUI's dual CFG, eps(empty) + cfg2 (eps(c2) - eps(empty)) + cfg1 (eps(c1) - eps(c2)), with c1 = h_u,
+c2 = h_y, cfg1 = s w and cfg2 = s: the UMM Guider node returns ComfyUI's own guider so configured.
 """
 from __future__ import annotations
 
@@ -71,10 +73,6 @@ def replace_positions(h_y: torch.Tensor, positions: Sequence[int], pseudo_word: 
     h_u[:, list(positions)] = pseudo_word.to(h_y.dtype).reshape(-1, 1, h_y.shape[-1]).expand(
         h_y.shape[0], len(positions), -1)
     return h_u
-
-
-def mixed_guidance(pred_empty: torch.Tensor, pred_y: torch.Tensor, pred_u: torch.Tensor, s: float, w: float):
-    return pred_empty + s * ((1 - w) * (pred_y - pred_empty) + w * (pred_u - pred_empty))
 
 
 def save_projector(projector: UMMProjector, path: str, training_steps: int = 0) -> None:

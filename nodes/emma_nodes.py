@@ -1,6 +1,7 @@
 """EMMA multi-modal prompts: load modules, extract face / CLIP features, assemble into ELLA conditioning."""
 from __future__ import annotations
 
+import logging
 import os
 
 import comfy.model_management as mm
@@ -11,19 +12,19 @@ from comfy_api.latest import io
 
 from ..emma_core.adapters import Features
 from ..emma_core.assemble import ConditionInput
-from ..emma_core.clip_features import clip_features
+from ..emma_core.clip_features import clip_features, encoder_name as clip_encoder_name
 from ..emma_core.emma_module import load_module
-from ..emma_core.face import FaceError, aligned_crop, cached_analyzer, embed_faces, to_uint8_rgb
+from ..emma_core.face import aligned_crop, cached_analyzer, embed_faces, encoder_name as face_encoder_name, to_uint8_rgb
 from ..emma_core.features_file import load_features, save_features
-from ..emma_core.state_dict import WeightsFileError
-from .errors import node_error
+from .errors import check_numbers, node_error, reported_by
 from .handles import connector_dtype
 from . import folders
-from .sampling import PROMPT_KEY
+from .sampling import CONNECTOR_KEY, PROMPT_KEY
 
 MODULE_TYPE = io.Custom("EMMA_MODULE")
 FEATURES_TYPE = io.Custom("EMMA_FEATURES")
 CONDITIONS_TYPE = io.Custom("EMMA_CONDITIONS")
+log = logging.getLogger("ComfyUI-EMMA")
 
 
 class EMMAModuleHandle:
@@ -47,11 +48,8 @@ class LoadModule(io.ComfyNode):
 
     @classmethod
     def execute(cls, module_name) -> io.NodeOutput:
-        path = folder_paths.get_full_path_or_raise("emma", module_name)
-        try:
-            module = load_module(path, dtype=connector_dtype())
-        except WeightsFileError as error:
-            raise node_error("Load EMMA Module", str(error)) from error
+        with reported_by(cls):
+            module = load_module(folder_paths.get_full_path_or_raise("emma", module_name), dtype=connector_dtype())
         return io.NodeOutput(EMMAModuleHandle(module_name, module))
 
 
@@ -88,16 +86,15 @@ class FaceFeatures(io.ComfyNode):
 
     @classmethod
     def execute(cls, image, pack, face_index, det_size, provider) -> io.NodeOutput:
-        try:
+        with reported_by(cls):
             analyzer = cached_analyzer(insightface_root(), pack, provider, det_size, 0.5)
             frames = [to_uint8_rgb(image[i], label=f"image {i + 1} of {image.shape[0]}")
                       for i in range(image.shape[0])]
             identity = embed_faces(frames, analyzer, index=None if face_index < 0 else face_index)
-        except FaceError as error:
-            raise node_error("EMMA Face Features", str(error)) from error
         crop = aligned_crop(frames[0], identity.faces[0], size=224)
         aligned = torch.from_numpy(crop).float().div(255).unsqueeze(0)
-        features = Features("face", {k: v.float() for k, v in identity.as_tensors().items()})
+        features = Features("face", {k: v.float() for k, v in identity.as_tensors().items()},
+                            encoder=face_encoder_name(pack))
         return io.NodeOutput(features, aligned)
 
 
@@ -119,18 +116,29 @@ class ImageFeatures(io.ComfyNode):
                 io.Mask.Input("mask", optional=True),
             ],
             outputs=[FEATURES_TYPE.Output(display_name="FEATURES")],
+            hidden=[io.Hidden.prompt, io.Hidden.unique_id],
         )
 
     @classmethod
     def execute(cls, clip_vision, image, kind, crop, mask=None) -> io.NodeOutput:
         output = clip_vision.encode_image(image, crop=crop == "center")
-        try:
+        with reported_by(cls, ValueError):
             features = clip_features(output["penultimate_hidden_states"], output["image_embeds"],
                                      "style" if kind == "style" else "clip_tokens", mask,
-                                     image_size=clip_vision.image_size, crop=crop == "center")
-        except ValueError as error:
-            raise node_error("EMMA Image Features", str(error)) from error
+                                     image_size=clip_vision.image_size, crop=crop == "center",
+                                     encoder=clip_encoder_name(_clip_vision_file(cls)))
         return io.NodeOutput(features)
+
+
+def _clip_vision_file(node) -> str:
+    """The file of the CLIP vision model when a stock Load CLIP Vision feeds `node` in the running graph (ComfyUI's
+    model object does not keep its file name); "" when it is not known."""
+    hidden = getattr(node, "hidden", None)
+    prompt = getattr(hidden, "prompt", None) or {}
+    link = prompt.get(str(getattr(hidden, "unique_id", "")), {}).get("inputs", {}).get("clip_vision")
+    loader = prompt.get(str(link[0]), {}) if isinstance(link, list) and link else {}
+    name = loader.get("inputs", {}).get("clip_name") if loader.get("class_type") == "CLIPVisionLoader" else None
+    return name if isinstance(name, str) else ""
 
 
 class SaveFeatures(io.ComfyNode):
@@ -168,11 +176,9 @@ class LoadFeatures(io.ComfyNode):
 
     @classmethod
     def execute(cls, features_name) -> io.NodeOutput:
-        path = folder_paths.get_full_path_or_raise("emma_features", features_name)
-        try:
-            return io.NodeOutput(load_features(path)[0])
-        except WeightsFileError as error:
-            raise node_error("Load EMMA Features", str(error)) from error
+        with reported_by(cls):
+            return io.NodeOutput(load_features(folder_paths.get_full_path_or_raise("emma_features",
+                                                                                   features_name))[0])
 
 
 class Condition(io.ComfyNode):
@@ -197,13 +203,33 @@ class Condition(io.ComfyNode):
 
     @classmethod
     def execute(cls, module, features, weight, start, end, conditions=None) -> io.NodeOutput:
+        check_numbers(cls, weight=weight, start=start, end=end)
+        if start >= end:
+            raise node_error(cls, f"start ({start:g}) is not before end ({end:g}): the condition would never act. "
+                             "Give start < end (fractions of sampling: 0 = first step, 1 = the end); weight 0 "
+                             "turns a condition off")
         try:
             module.module.adapter.check(features)
         except ValueError as error:
-            raise node_error("EMMA Condition", f"module {module.name}: {error}") from error
+            raise node_error(cls, f"module {module.name}: {error}") from error
+        _warn_if_other_encoder(module, features)
         item = ConditionInput(module.module, features, weight, start, end)
         item.handle = module  # the patcher travels with the condition for memory management
         return io.NodeOutput([*(conditions or []), item])
+
+
+_WARNED_ENCODERS: set = set()  # (module file, features' encoder) pairs already warned about
+
+
+def _warn_if_other_encoder(module, features) -> None:
+    """Features of the right kind and shape from another encoder run, but the module never saw their like."""
+    trained_on = getattr(module.module, "feature_encoder", "")
+    key = (module.name, features.encoder)
+    if features.encoder and trained_on and features.encoder != trained_on and key not in _WARNED_ENCODERS:
+        _WARNED_ENCODERS.add(key)
+        log.warning("EMMA Condition: module %s was trained on features from %s, but these come from %s; it may "
+                    "follow them less well (use the encoder it was trained with)", module.name, trained_on,
+                    features.encoder)
 
 
 class Assemble(io.ComfyNode):
@@ -236,8 +262,15 @@ def assemble(conditioning, conditions, which: str):
     out = []
     for tensor, meta in conditioning:
         if PROMPT_KEY not in meta:
-            raise node_error("EMMA Assemble", f"the {which} input is not ELLA conditioning: connect an "
+            raise node_error(Assemble, f"the {which} input is not ELLA conditioning: connect an "
                              "'ELLA Text Encode' node (EMMA modules act inside ELLA's connector)")
+        connector = meta[CONNECTOR_KEY].connector.config
+        for c in conditions:
+            if c.module.config.ella != connector:
+                raise node_error(Assemble, f"module {c.handle.name} was made for an ELLA connector with "
+                                 f"{c.module.config.ella.describe()}, but the {which} prompt's connector "
+                                 f"{meta[CONNECTOR_KEY].name} has {connector.describe()}: use a module "
+                                 "trained with this connector")
         meta = meta.copy()
         meta[PROMPT_KEY] = meta[PROMPT_KEY].with_conditions(conditions)
         extra = [c.handle.patcher for c in conditions if c.handle.patcher not in meta.get("additional_models", [])]

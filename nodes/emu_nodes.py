@@ -1,7 +1,6 @@
 """Emu quality-tuning nodes: curate a folder (filters + contact sheet + review list), then tune a LoRA."""
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
@@ -11,88 +10,37 @@ import folder_paths
 import torch
 from comfy_api.latest import io
 
-from ..emma_core.emu.curate import (REVIEW_NAME, CurationConfig, aesthetic_head, contact_sheet, curate_folder,
-                                    write_review_list)
-from ..emma_core.emu.quality_tune import EmuRecipe, prepare_dataset, quality_tune, save_lora
+from ..emma_core.emu import run
+from ..emma_core.emu.curate import REVIEW_NAME, CurationConfig, aesthetic_scorer, clip_scorer, contact_sheet
+from ..emma_core.emu.quality_tune import EmuRecipe
+from ..emma_core.stamps import files_stamp
 from ..emma_core.train.curve import image_tensor, render_loss_curve
-from ..emma_core.train.objective import comfy_epsilon_denoiser
-from .errors import node_error
+from .trainable import load_for_training, training_clone
+from .errors import check_numbers, node_error, reported_by
 
 DEFAULT_LORA = "emu-quality-tuned"
 
 
-def _folder(path: str, node: str) -> Path:
+def _folder(node, path: str) -> Path:
     folder = Path(os.path.expanduser(path.strip().strip('"')))
     if not folder.is_dir():
         raise node_error(node, f"folder {str(folder)!r} does not exist (give the full path of a folder of images)")
     return folder
 
 
-def _review_path(folder: Path, review_list: str) -> Path:
-    return Path(os.path.expanduser(review_list.strip())) if review_list.strip() else folder / REVIEW_NAME
+class _ReadsDatasetFolder(io.ComfyNode):
+    """A node that reads a folder of images and its review list: editing any of those files re-runs it instead
+    of ComfyUI's cached result."""
+
+    @classmethod
+    def fingerprint_inputs(cls, folder, review_list="", **kwargs):
+        path = Path(os.path.expanduser(folder.strip().strip('"')))
+        if not path.is_dir():
+            return folder
+        return files_stamp(sorted(path.iterdir()) + [run.review_path(path, review_list)])
 
 
-def _folder_state(folder: Path, *files: Path) -> str:
-    """Changes when any file of the folder (or the review list) changes: re-run instead of ComfyUI's cache."""
-    h = hashlib.sha256()
-    for p in sorted(folder.iterdir()) + [f for f in files if f.is_file()]:
-        if p.is_file():
-            st = p.stat()
-            h.update(f"{p.name}:{st.st_size}:{st.st_mtime_ns};".encode())
-    return h.hexdigest()
-
-
-def _dataset_fingerprint(folder: str, review_list: str, node: str) -> str:
-    """fingerprint_inputs of the nodes that read a dataset folder and its review list."""
-    try:
-        f = _folder(folder, node)
-    except ValueError:
-        return folder
-    return _folder_state(f, _review_path(f, review_list or ""))
-
-
-def _pil_batch(pages) -> torch.Tensor:
-    return torch.cat([image_tensor(p) for p in pages])
-
-
-# ---- scorers from the user's models --------------------------------------------------------------------
-def _clip_image_embeds(clip_vision, image) -> torch.Tensor:
-    import numpy as np
-
-    tensor = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0)[None]
-    out = clip_vision.encode_image(tensor)
-    embeds = out["image_embeds"] if "image_embeds" in out else out.image_embeds
-    return torch.nn.functional.normalize(embeds.float(), dim=-1)
-
-
-def clip_scorer(clip_vision, clip):
-    """cos(image embedding, caption embedding); needs a CLIP text encoder whose projection matches the vision
-    model (ViT-L/14 vision with the full clip_l text encoder from Load CLIP)."""
-    def score(image, caption: str) -> float:
-        image_embeds = _clip_image_embeds(clip_vision, image)
-        _cond, pooled = clip.encode_from_tokens(clip.tokenize(caption), return_pooled=True)
-        if pooled.shape[-1] != image_embeds.shape[-1]:
-            raise node_error("Emu Curate Folder", f"the CLIP text encoder gives {pooled.shape[-1]}-d embeddings "
-                             f"but the CLIP vision model {image_embeds.shape[-1]}-d: use a matching pair")
-        text = torch.nn.functional.normalize(pooled.float().to(image_embeds.device), dim=-1)
-        return float((image_embeds * text).sum())
-    return score
-
-
-def aesthetic_scorer(clip_vision, predictor_path: str):
-    head = aesthetic_head(comfy.utils.load_torch_file(predictor_path, safe_load=True))
-
-    def score(image) -> float:
-        embeds = _clip_image_embeds(clip_vision, image).cpu()
-        if embeds.shape[-1] != head[0].in_features:
-            raise node_error("Emu Curate Folder", f"the aesthetic predictor expects {head[0].in_features}-d CLIP "
-                             f"embeddings; the CLIP vision model gives {embeds.shape[-1]} (use ViT-L/14)")
-        with torch.no_grad():
-            return float(head(embeds)[0, 0])
-    return score
-
-
-class EmuCurateFolder(io.ComfyNode):
+class EmuCurateFolder(_ReadsDatasetFolder):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -131,15 +79,11 @@ class EmuCurateFolder(io.ComfyNode):
         )
 
     @classmethod
-    def fingerprint_inputs(cls, folder, review_list="", **kwargs):
-        return _dataset_fingerprint(folder, review_list, "Emu Curate Folder")
-
-    @classmethod
     def execute(cls, folder, min_side, min_aspect, max_aspect, remove_duplicates, duplicate_distance,
                 review_list="", clip_vision=None, clip=None, clip_min=0.0, aesthetic_predictor="",
                 aesthetic_min=5.0, sheet_columns=8) -> io.NodeOutput:
-        node = "Emu Curate Folder"
-        path = _folder(folder, node)
+        check_numbers(cls, min_aspect=min_aspect, max_aspect=max_aspect, clip_min=clip_min, aesthetic_min=aesthetic_min)
+        path = _folder(cls, folder)
         config = CurationConfig(min_side=min_side, min_aspect=min_aspect, max_aspect=max_aspect,
                                 dedupe=remove_duplicates, dedupe_distance=duplicate_distance,
                                 clip_min=clip_min if clip_min > 0 else None,
@@ -147,34 +91,31 @@ class EmuCurateFolder(io.ComfyNode):
         clip_fn = aesthetic_fn = None
         if config.clip_min is not None:
             if clip_vision is None or clip is None:
-                raise node_error(node, "clip_min > 0 needs both clip_vision and clip connected (or set it to 0)")
+                raise node_error(cls, "clip_min > 0 needs both clip_vision and clip connected (or set it to 0)")
             clip_fn = clip_scorer(clip_vision, clip)
         if config.aesthetic_min is not None:
             if clip_vision is None:
-                raise node_error(node, "the aesthetic filter needs clip_vision (CLIP ViT-L/14) connected")
+                raise node_error(cls, "the aesthetic filter needs clip_vision (CLIP ViT-L/14) connected")
             predictor = Path(os.path.expanduser(aesthetic_predictor.strip()))
             if not predictor.is_file():
-                raise node_error(node, f"aesthetic predictor {str(predictor)!r} does not exist")
-            aesthetic_fn = aesthetic_scorer(clip_vision, str(predictor))
+                raise node_error(cls, f"aesthetic predictor {str(predictor)!r} does not exist")
+            with reported_by(cls, ValueError):
+                aesthetic_fn = aesthetic_scorer(clip_vision, comfy.utils.load_torch_file(str(predictor),
+                                                                                         safe_load=True))
+        review = run.review_path(path, review_list)
         bar = comfy.utils.ProgressBar(1)
 
         def progress(done, total):
             mm.throw_exception_if_processing_interrupted()
             bar.update_absolute(done, total)
 
-        try:
-            result = curate_folder(path, config, clip_fn, aesthetic_fn, progress=progress)
-        except (FileNotFoundError, ValueError) as error:
-            raise node_error(node, str(error)) from error
-        review = _review_path(path, review_list or "")
-        kept_human = write_review_list(review, result)
-        report = result.report() + f"\nreview list: {review}" + (
-            f" ({kept_human} decisions you changed were kept)" if kept_human else "")
+        with reported_by(cls, ValueError):
+            result, report = run.curate(path, config, review, clip_fn, aesthetic_fn, progress=progress)
         pages = contact_sheet(result, columns=sheet_columns)
-        return io.NodeOutput(report, _pil_batch(pages), str(review), ui={"text": [report]})
+        return io.NodeOutput(report, torch.cat([image_tensor(p) for p in pages]), str(review), ui={"text": [report]})
 
 
-class EmuQualityTune(io.ComfyNode):
+class EmuQualityTune(_ReadsDatasetFolder):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -212,78 +153,32 @@ class EmuQualityTune(io.ComfyNode):
         )
 
     @classmethod
-    def fingerprint_inputs(cls, folder, review_list="", **kwargs):
-        return _dataset_fingerprint(folder, review_list, "Emu Quality-Tune")
-
-    @classmethod
     def execute(cls, model, clip, vae, folder, review_list, lora_name, mode, max_steps, learning_rate, rank,
-                patience, validate_every, effective_batch, micro_batch, noise_offset, resolution, seed) -> io.NodeOutput:
-        node = "Emu Quality-Tune"
-        path = _folder(folder, node)
-        review = _review_path(path, review_list)
-        if review_list.strip() and not review.is_file():
-            raise node_error(node, f"review list {str(review)!r} does not exist (run Emu Curate Folder first)")
+                patience, validate_every, effective_batch, micro_batch, noise_offset, resolution,
+                seed) -> io.NodeOutput:
+        check_numbers(cls, learning_rate=learning_rate, noise_offset=noise_offset)
+        path = _folder(cls, folder)
         name = lora_name.strip() or DEFAULT_LORA
         if not name.endswith(".safetensors"):
             name += ".safetensors"
         if os.sep in name or "/" in name:
-            raise node_error(node, "lora_name is a file name, not a path")
+            raise node_error(cls, "lora_name is a file name, not a path")
         recipe = EmuRecipe(mode=mode, rank=rank, lr=learning_rate, max_steps=max_steps, patience=patience,
                            val_every=validate_every, effective_batch=effective_batch, micro_batch=micro_batch,
                            noise_offset=noise_offset, seed=seed,
                            checkpoint_every=validate_every * max(1, 500 // validate_every))
-        with torch.inference_mode(False):
-            return io.NodeOutput(*tune(model, clip, vae, path, review if review.is_file() else None, name, recipe,
-                                       resolution, node))
-
-
-def _weights_fingerprint(module) -> str:
-    h = hashlib.sha256()
-    sd = module.state_dict()
-    for k in list(sd)[:3] + list(sd)[-3:]:
-        t = sd[k]
-        h.update(k.encode())
-        h.update(t.detach().flatten()[:256].float().cpu().numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
-def tune(model, clip, vae, folder: Path, review, lora_file: str, recipe: EmuRecipe, resolution: int, node: str,
-         output_root=None):
-    """The node's work (also used by scripts/emu_tune.py): returns (lora file name, curve IMAGE, report)."""
-    output_root = Path(output_root or folder_paths.get_output_directory()) / "emu"
-
-    def encode_text(caption: str) -> torch.Tensor:
-        with torch.no_grad():
-            return clip.encode_from_tokens(clip.tokenize(caption))[0].float().cpu().clone()
-
-    def encode_image(image: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            latents = vae.encode(image[:, :, :, :3])
-            return model.model.process_latent_in(latents.float()).cpu().clone()
-
-    fingerprint = {"clip": _weights_fingerprint(clip.cond_stage_model), "vae": _weights_fingerprint(vae.first_stage_model)}
-    bar = comfy.utils.ProgressBar(recipe.max_steps)
-    try:
-        data = prepare_dataset(folder, review, encode_text, encode_image, fingerprint, output_root / "cache",
-                               resolution=resolution, val_fraction=recipe.val_fraction, seed=recipe.seed,
-                               progress=lambda d, t: mm.throw_exception_if_processing_interrupted())
-    except (FileNotFoundError, ValueError) as error:
-        raise node_error(node, str(error)) from error
-    run_key = hashlib.sha256((recipe.fingerprint() + str(resolution) + _weights_fingerprint(model.model.diffusion_model)
-                              + "|".join(data.names)).encode()).hexdigest()[:10]
-    run_dir = output_root / "runs" / f"{Path(lora_file).stem}-{run_key}"
-    mm.load_models_gpu([model])
-    device = model.load_device
-    unet = model.model.diffusion_model
-    result = quality_tune(unet, comfy_epsilon_denoiser(model.model), data.train, data.val, recipe, run_dir,
-                          empty_text=data.empty_text, on_step=lambda s, n, r: bar.update_absolute(s, n),
-                          should_stop=mm.throw_exception_if_processing_interrupted, device=device,
-                          extra_metadata={"emu_images": len(data.names)})
-    loras_dir = Path(folder_paths.get_folder_paths("loras")[0])
-    save_lora(loras_dir / lora_file, result.lora, result.metadata)
-    report = "\n".join([data.report, result.summary(), f"saved {loras_dir / lora_file}", f"run folder {run_dir}"])
-    curve = result.curve or render_loss_curve(result.records)
-    return lora_file, image_tensor(curve), report
+        output = Path(folder_paths.get_output_directory()) / "emu"
+        bar = comfy.utils.ProgressBar(recipe.max_steps)
+        model = training_clone(model)
+        with torch.inference_mode(False), reported_by(cls, ValueError):
+            done = run.tune(model, clip, vae, path, run.existing_review(path, review_list),
+                            Path(folder_paths.get_folder_paths("loras")[0]) / name, recipe, resolution,
+                            output / "cache", runs_root=output / "runs",
+                            load_model=lambda: load_for_training(model),
+                            should_stop=mm.throw_exception_if_processing_interrupted,
+                            on_step=lambda step, total, record: bar.update_absolute(step, total))
+        curve = done.result.curve or render_loss_curve(done.result.records)
+        return io.NodeOutput(name, image_tensor(curve), done.report())
 
 
 NODES = [EmuCurateFolder, EmuQualityTune]

@@ -40,19 +40,20 @@ def t5_choices() -> list[str]:
                 f.endswith(".safetensors") for f in os.listdir(path)
             ):
                 folders.append(entry + "/")
-    in_folders = tuple(f for f in folders)
-    files = [n for n in safetensors_files("text_encoders") if not n.replace(os.sep, "/").startswith(in_folders)]
+    files = [n for n in safetensors_files("text_encoders") if not n.replace(os.sep, "/").startswith(tuple(folders))]
     return folders + files
 
 
 def resolve_t5(name: str) -> str:
-    """Full path of a choice from t5_choices(); names outside the registered folders are refused."""
+    """Full path of a choice from t5_choices(); names outside the registered folders are refused. A folder that
+    is there but cannot be loaded (no config.json, no weights) is returned: the loader says what it lacks."""
     if name.endswith("/"):
-        if name not in t5_choices():
-            raise FileNotFoundError(f"T5 folder {name!r} is not in any text_encoders folder: "
-                                    f"{folder_paths.get_folder_paths('text_encoders')}")
-        for root in folder_paths.get_folder_paths("text_encoders"):
-            path = os.path.join(root, name.rstrip("/"))
-            if os.path.isdir(path):
-                return path
+        entry = name.rstrip("/")
+        if entry not in ("", ".", "..") and "/" not in entry and os.sep not in entry:
+            for root in folder_paths.get_folder_paths("text_encoders"):
+                path = os.path.join(root, entry)
+                if os.path.isdir(path):
+                    return path
+        raise FileNotFoundError(f"T5 folder {name!r} is not in any text_encoders folder: "
+                                f"{folder_paths.get_folder_paths('text_encoders')}")
     return folder_paths.get_full_path_or_raise("text_encoders", name)

@@ -1,6 +1,7 @@
 """Train an EMMA module inside ComfyUI: the user's MODEL + VAE + ELLA + T5 and a dataset folder."""
 from __future__ import annotations
 
+import logging
 import os
 
 import comfy.model_management as mm
@@ -10,32 +11,20 @@ import torch
 from comfy_api.latest import io
 
 from ..emma_core.ella import ELLA
-from ..emma_core.face import FaceError, cached_analyzer
+from ..emma_core.face import cached_analyzer
 from ..emma_core.state_dict import sha256_file
 from ..emma_core.train.curve import image_tensor, render_loss_curve
 from ..emma_core.train.emma import prepare_cache, train_emma_module
 from ..emma_core.train.encoders import TEXT_LENGTHS, comfy_encoders
 from ..emma_core.train.loop import TrainConfig
+from ..emma_core.train.preview import PreviewSetup
 from ..emma_core.train.objective import comfy_epsilon_denoiser
-from .errors import node_error as shared_node_error
+from .errors import check_numbers, node_error, reported_by
 from .ella_nodes import ELLA_TYPE, T5_TYPE
-from .emma_nodes import insightface_packs, insightface_root
+from .emma_nodes import _clip_vision_file, insightface_packs, insightface_root
+from .trainable import trainable_model
 
-
-def node_error(message: str) -> ValueError:
-    return shared_node_error("EMMA Train Module", message)
-
-
-def _trainable_copy(module: torch.nn.Module) -> None:
-    """ComfyUI runs nodes under inference_mode; tensors made there cannot take part in autograd. Replace
-    them (in place, same values) so gradients can flow through the frozen model to the EMMA module."""
-    for sub in module.modules():
-        for name, p in list(sub.named_parameters(recurse=False)):
-            if p.is_inference():
-                sub._parameters[name] = torch.nn.Parameter(p.detach().clone(), requires_grad=False)
-        for name, b in list(sub.named_buffers(recurse=False)):
-            if b is not None and b.is_inference():
-                sub._buffers[name] = b.clone()
+log = logging.getLogger("ComfyUI-EMMA")
 
 
 class TrainModule(io.ComfyNode):
@@ -71,33 +60,40 @@ class TrainModule(io.ComfyNode):
                 io.ClipVision.Input("clip_vision", optional=True, tooltip="object / portrait / style modules"),
                 io.Combo.Input("face_pack", options=insightface_packs(), optional=True,
                                tooltip="face modules: InsightFace pack in models/insightface/models"),
+                io.Int.Input("preview_every", default=250, min=0, max=100_000, optional=True,
+                             tooltip="sample pictures every N steps (held-out references, the same seeds each "
+                                     "time), shown on this node and saved in the run folder's previews/; 0 = off"),
             ],
-            outputs=[io.String.Output(display_name="module_name"), io.Image.Output(display_name="loss_curve")],
+            outputs=[io.String.Output(display_name="module_name"), io.Image.Output(display_name="loss_curve"),
+                     io.Image.Output(display_name="preview")],
+            hidden=[io.Hidden.prompt, io.Hidden.unique_id],
             is_output_node=True,
         )
 
     @classmethod
     def execute(cls, model, vae, ella, t5, dataset_path, modality, module_name, steps, batch_size, learning_rate,
                 resolution, validation_split, validate_every, early_stopping_patience, checkpoint_every, seed,
-                resume, text_length, clip_vision=None, face_pack=None) -> io.NodeOutput:
+                resume, text_length, clip_vision=None, face_pack=None, preview_every=250) -> io.NodeOutput:
+        check_numbers(cls, learning_rate=learning_rate, validation_split=validation_split)
         stem = os.path.basename(module_name.strip()).removesuffix(".safetensors")
         if not stem:
-            raise node_error("module_name is empty")
+            raise node_error(cls, "module_name is empty")
         dataset = os.path.expanduser(dataset_path.strip())
         if not os.path.isdir(dataset):
-            raise node_error(f"dataset folder {dataset!r} does not exist")
+            raise node_error(cls, f"dataset folder {dataset!r} does not exist")
         out_path = os.path.join(folder_paths.get_folder_paths("emma")[0], stem + ".safetensors")
         run_dir = os.path.join(folder_paths.get_output_directory(), "emma_training", stem)
         device = mm.get_torch_device()
         with torch.inference_mode(False), torch.enable_grad():
-            try:
+            with reported_by(cls, ValueError):
                 analyzer = None
                 if modality == "face":
                     analyzer = cached_analyzer(insightface_root(), face_pack or "antelopev2",
                                                "cpu" if device.type == "cpu" else "auto")
                 encoders = comfy_encoders(modality=modality, vae=vae, base_model=model.model, t5=t5,
                                           resolution=resolution, text_length=text_length, clip_vision=clip_vision,
-                                          face_analyzer=analyzer, names={"t5": t5.name})
+                                          face_analyzer=analyzer,
+                                          names={"t5": t5.name, "condition": _clip_vision_file(cls) or None})
                 bar = comfy.utils.ProgressBar(1)
 
                 def cache_progress(n, total):
@@ -106,30 +102,36 @@ class TrainModule(io.ComfyNode):
 
                 report, names = prepare_cache(dataset, os.path.join(dataset, ".emma_cache"), encoders,
                                               progress=cache_progress)
-            except (FaceError, ValueError, FileNotFoundError) as error:
-                raise node_error(str(error)) from error
-            print(f"[EMMA Train Module] {report.text()}")
+            log.info("EMMA Train Module: %s", report.text())
 
             t5.release()  # the loop reads only the cache: T5 leaves the compute device before the UNet loads
-            mm.load_models_gpu([model], force_full_load=True)
-            base = model.model
-            _trainable_copy(base)
+            base = trainable_model(model).model
             connector = ella.connector
             frozen_ella = ELLA(connector.config)
             frozen_ella.load_state_dict({k: v.detach().clone() for k, v in connector.state_dict().items()})
             frozen_ella = frozen_ella.to(device=device, dtype=next(connector.parameters()).dtype)
             config = TrainConfig(steps=steps, batch_size=batch_size, lr=learning_rate, val_every=validate_every,
                                  early_stopping_patience=early_stopping_patience, checkpoint_every=checkpoint_every,
-                                 seed=seed)
+                                 seed=seed, preview_every=preview_every)
             progress = comfy.utils.ProgressBar(steps)
+            last = {}
+
+            def show(step, grid):
+                last["grid"] = grid
+                progress.update_absolute(step, steps, ("PNG", grid, 768))
+
+            preview = PreviewSetup(decode=lambda latents: vae.decode(base.process_latent_out(latents)),
+                                   dataset_dir=dataset, on_image=show) if preview_every else None
             out = train_emma_module(report.folder, names, modality=modality, ella=frozen_ella,
                                     denoiser=comfy_epsilon_denoiser(base), out_path=out_path, run_dir=run_dir,
                                     config=config, device=device, ella_sha256=_ella_sha256(ella),
                                     val_fraction=validation_split, resume=resume,
                                     on_step=lambda step, total, record: progress.update_absolute(step, total),
-                                    should_stop=mm.throw_exception_if_processing_interrupted)
+                                    should_stop=mm.throw_exception_if_processing_interrupted, preview=preview)
         curve = out.result.curve or render_loss_curve(out.result.records)
-        return io.NodeOutput(os.path.basename(out_path), image_tensor(curve))
+        grid = last.get("grid")
+        return io.NodeOutput(os.path.basename(out_path), image_tensor(curve),
+                             image_tensor(grid) if grid is not None else torch.zeros(1, 64, 64, 3))
 
 
 def _ella_sha256(ella) -> str:

@@ -1,13 +1,12 @@
 """UMM-Diffusion: a subject image as a pseudo-word in CLIP's text space, sampled with mixed guidance."""
 from __future__ import annotations
 
-import comfy.samplers
 import folder_paths
 from comfy_api.latest import io
+from comfy_extras.nodes_custom_sampler import Guider_DualCFG
 
-from ..emma_core.state_dict import WeightsFileError
 from ..emma_core.umm import find_subject, load_projector, replace_positions
-from .errors import node_error
+from .errors import check_numbers, node_error, reported_by
 from . import folders
 
 PROJECTOR_TYPE = io.Custom("UMM_PROJECTOR")
@@ -27,11 +26,8 @@ class LoadProjector(io.ComfyNode):
 
     @classmethod
     def execute(cls, projector_name) -> io.NodeOutput:
-        path = folder_paths.get_full_path_or_raise("umm", projector_name)
-        try:
-            return io.NodeOutput(load_projector(path))
-        except WeightsFileError as error:
-            raise node_error("Load UMM Projector", str(error)) from error
+        with reported_by(cls):
+            return io.NodeOutput(load_projector(folder_paths.get_full_path_or_raise("umm", projector_name)))
 
 
 def _ids(chunks) -> list[int]:
@@ -41,17 +37,15 @@ def _ids(chunks) -> list[int]:
 def subject_positions(clip, text: str, subject_word: str) -> tuple[dict, list[int]]:
     tokens = clip.tokenize(text)
     if len(tokens) != 1:
-        raise node_error("UMM Subject Encode", "UMM needs an SD1.5 CLIP (one text encoder); got "
+        raise node_error(SubjectEncode, "UMM needs an SD1.5 CLIP (one text encoder); got "
                          f"{', '.join(tokens)}")
     (key, prompt_chunks), = tokens.items()
     word = clip.tokenize(subject_word.strip())[key][0]
     inner = getattr(clip.tokenizer, f"clip_{key}", None)
     specials = {getattr(inner, name, None) for name in ("start_token", "end_token", "pad_token")} - {None}
     subject = [t for t in _ids([word]) if t not in specials]
-    try:
+    with reported_by(SubjectEncode, ValueError):
         return tokens, find_subject(_ids(prompt_chunks), subject, subject_word.strip())
-    except ValueError as error:
-        raise node_error("UMM Subject Encode", str(error)) from error
 
 
 class SubjectEncode(io.ComfyNode):
@@ -78,31 +72,11 @@ class SubjectEncode(io.ComfyNode):
     def execute(cls, clip, text, subject_word, clip_vision_output, projector) -> io.NodeOutput:
         tokens, positions = subject_positions(clip, text, subject_word)
         h_y, pooled = clip.encode_from_tokens(tokens, return_pooled=True)
-        try:
+        with reported_by(cls, ValueError):
             pseudo_word = projector(clip_vision_output["image_embeds"][:1].float().cpu())
-        except ValueError as error:
-            raise node_error("UMM Subject Encode", str(error)) from error
         h_u = replace_positions(h_y, positions, pseudo_word)
         meta = {"pooled_output": pooled}
         return io.NodeOutput([[h_u, dict(meta)]], [[h_y, dict(meta)]])
-
-
-class UMMGuiderImpl(comfy.samplers.CFGGuider):
-    """eps(empty) + s * [(1 - w)(eps(h_y) - eps(empty)) + w (eps(h_u) - eps(empty))], written as
-    cfg_function(h_y vs empty, s) + s*w*(eps(h_u) - eps(h_y)) so other packs' CFG hooks still apply."""
-
-    def set_guidance(self, s: float, w: float):
-        self.s, self.w = s, w
-
-    def set_conds(self, h_u, h_y, negative):
-        self.inner_set_conds({"positive": h_u, "middle": h_y, "negative": negative})
-
-    def predict_noise(self, x, timestep, model_options={}, seed=None):
-        negative, h_y, h_u = (self.conds.get(k) for k in ("negative", "middle", "positive"))
-        out = comfy.samplers.calc_cond_batch(self.inner_model, [negative, h_y, h_u], x, timestep, model_options)
-        guided = comfy.samplers.cfg_function(self.inner_model, out[1], out[0], self.s, x, timestep,
-                                             model_options=model_options, cond=h_y, uncond=negative)
-        return guided + (out[2] - out[1]) * (self.s * self.w)
 
 
 class Guider(io.ComfyNode):
@@ -127,9 +101,13 @@ class Guider(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, h_u, h_y, negative, s, w) -> io.NodeOutput:
-        guider = UMMGuiderImpl(model)
+        check_numbers(cls, s=s, w=w)
+        # eps(empty) + s [(1 - w)(eps(h_y) - eps(empty)) + w (eps(h_u) - eps(empty))]
+        #   = eps(empty) + s (eps(h_y) - eps(empty)) + s w (eps(h_u) - eps(h_y)):
+        # ComfyUI's dual CFG with cond1 = h_u, cond2 = h_y, cfg1 = s w, cfg2 = s (other packs' CFG hooks apply).
+        guider = Guider_DualCFG(model)
         guider.set_conds(h_u, h_y, negative)
-        guider.set_guidance(s, w)
+        guider.set_cfg(s * w, s)
         return io.NodeOutput(guider)
 
 

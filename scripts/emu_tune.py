@@ -6,13 +6,12 @@ ComfyUI's own loaders imported as a library (no server).
     python scripts/emu_tune.py tune DATA --checkpoint v1-5.safetensors --out models/loras/emu.safetensors \
         [--review DATA/emu_review.csv] [--mode lora|full] [--max-steps 15000] [--lr 1e-4] [--rank 16] ...
 
-ComfyUI is found through --comfyui, $EMMA_COMFYUI_DIR or ../.. of this pack (custom_nodes/<pack>/scripts).
+ComfyUI is found through --comfyui, $EMMA_COMFYUI_DIR or the ComfyUI whose custom_nodes/ holds this pack.
 Runs resume: the same run folder (--run-dir, default <out>.run/) continues from its last checkpoint.
 """
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -21,33 +20,28 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 
-def import_comfy(comfy_dir: str | None):
-    candidates = [comfy_dir, os.environ.get("EMMA_COMFYUI_DIR"), str(REPO.parents[1]), str(REPO / ".cache" / "ComfyUI")]
-    for c in candidates:
-        if c and (Path(c) / "comfy" / "sd.py").is_file():
-            if c not in sys.path:
-                sys.path.insert(0, c)
-            import torch
+def import_comfy(comfy_dir: str | None) -> str:
+    """ComfyUI as a library (scripts/comfy_library.py); the CPU only when there is no CUDA or MPS device."""
+    from scripts.comfy_library import ComfyUINotFound
+    from scripts.comfy_library import import_comfy as import_comfy_library
 
-            import comfy.cli_args  # the device is chosen when comfy.model_management is imported
-
-            if not (torch.cuda.is_available() or getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-                comfy.cli_args.args.cpu = True
-            import comfy.sd  # noqa: F401
-            return c
-    raise SystemExit("ComfyUI not found: pass --comfyui PATH (the folder with main.py) or set EMMA_COMFYUI_DIR")
+    try:
+        mods = import_comfy_library(comfy_dir, cpu=None, nodes=False)
+    except ComfyUINotFound as e:
+        raise SystemExit(str(e)) from None
+    import comfy.sd  # noqa: F401
+    return str(mods["comfy_dir"])
 
 
 def cmd_curate(args) -> int:
-    from emma_core.emu.curate import REVIEW_NAME, CurationConfig, contact_sheet, curate_folder, write_review_list
+    from emma_core.emu import run
+    from emma_core.emu.curate import CurationConfig, contact_sheet
 
     config = CurationConfig(min_side=args.min_side, min_aspect=args.min_aspect, max_aspect=args.max_aspect,
                             dedupe=not args.keep_duplicates, dedupe_distance=args.duplicate_distance)
-    result = curate_folder(args.folder, config)
-    review = Path(args.review or Path(args.folder) / REVIEW_NAME)
-    kept = write_review_list(review, result)
-    print(result.report())
-    print(f"review list: {review}" + (f" ({kept} of your decisions kept)" if kept else ""))
+    review = run.review_path(args.folder, args.review)
+    result, report = run.curate(args.folder, config, review)
+    print(report)
     sheet_dir = Path(args.sheet_dir or review.parent / "emu_contact_sheets")  # a sub-folder: never a candidate
     sheet_dir.mkdir(parents=True, exist_ok=True)
     for i, page in enumerate(contact_sheet(result, columns=args.columns), 1):
@@ -61,14 +55,11 @@ def cmd_tune(args) -> int:
     import_comfy(args.comfyui)
     import comfy.model_management as mm
     import comfy.sd
-    import torch
 
-    from emma_core.emu.curate import REVIEW_NAME
-    from emma_core.emu.quality_tune import EmuRecipe, prepare_dataset, quality_tune, save_lora
-    from emma_core.train.objective import comfy_epsilon_denoiser
+    from emma_core.emu import run
+    from emma_core.emu.quality_tune import EmuRecipe
 
     model, clip, vae = comfy.sd.load_checkpoint_guess_config(args.checkpoint, output_vae=True, output_clip=True)[:3]
-    review = args.review or (Path(args.folder) / REVIEW_NAME if (Path(args.folder) / REVIEW_NAME).is_file() else None)
     out = Path(args.out)
     run_dir = Path(args.run_dir or str(out.with_suffix("")) + ".run")
     recipe = EmuRecipe(mode=args.mode, rank=args.rank, lr=args.lr, max_steps=args.max_steps, patience=args.patience,
@@ -76,32 +67,17 @@ def cmd_tune(args) -> int:
                        noise_offset=args.noise_offset, seed=args.seed, save_dtype=args.save_dtype,
                        val_fraction=args.val_fraction, targets=args.targets)
 
-    def encode_text(caption):
-        with torch.no_grad():
-            return clip.encode_from_tokens(clip.tokenize(caption))[0].float().cpu()
-
-    def encode_image(image):
-        with torch.no_grad():
-            return model.model.process_latent_in(vae.encode(image[:, :, :, :3]).float()).cpu()
-
-    data = prepare_dataset(args.folder, review, encode_text, encode_image,
-                           {"checkpoint": Path(args.checkpoint).name, "size": os.path.getsize(args.checkpoint)},
-                           run_dir / "cache", resolution=args.resolution, val_fraction=recipe.val_fraction,
-                           seed=recipe.seed, progress=lambda d, t: print(f"\rencoding {d}/{t}", end="", flush=True))
-    print("\n" + data.report)
-    mm.load_models_gpu([model])
-
     def on_step(step, steps, record):
         if "val_loss" in record or step % 10 == 0:
             val = f" val {record['val_loss']:.5f}" if "val_loss" in record else ""
             print(f"step {step}/{steps} loss {record['loss']:.5f}{val}", flush=True)
 
-    result = quality_tune(model.model.diffusion_model, comfy_epsilon_denoiser(model.model), data.train, data.val,
-                          recipe, run_dir, empty_text=data.empty_text, on_step=on_step, device=model.load_device,
-                          extra_metadata={"emu_base": Path(args.checkpoint).name, "emu_images": len(data.names)})
-    save_lora(out, result.lora, result.metadata)
-    print(result.summary())
-    print(f"saved {out}; loss curve {run_dir / 'loss_curve.png'}; log {run_dir / 'log.csv'}")
+    done = run.tune(model, clip, vae, args.folder, run.existing_review(args.folder, args.review), out, recipe,
+                    args.resolution, run_dir / "cache", run_dir=run_dir, load_model=lambda: mm.load_models_gpu([model]),
+                    on_encode=lambda d, t: print(f"\rencoding {d}/{t}", end="", flush=True), on_step=on_step,
+                    extra_metadata={"emu_base": Path(args.checkpoint).name})
+    print("\n" + done.report())
+    print(f"loss curve {run_dir / 'loss_curve.png'}; log {run_dir / 'log.csv'}")
     return 0
 
 

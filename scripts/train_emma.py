@@ -10,7 +10,7 @@
     torchrun --nproc_per_node 8 scripts/train_emma.py ...same arguments...
 
 The SD1.5 UNet and VAE come from the checkpoint through ComfyUI's own loader (ComfyUI imported as a library:
---comfyui or $EMMA_COMFYUI_DIR, else the tree devtools.host provisions); the UNet call is ComfyUI's model
+--comfyui, $EMMA_COMFYUI_DIR or the ComfyUI this pack is installed in); the UNet call is ComfyUI's model
 apply with the ELLA/EMMA context. ELLA and T5 load through emma_core. Rank 0 builds the feature cache (the
 others wait), then every process trains on its share of each batch; rank 0 writes checkpoints, the log and
 the module. Re-running the same command resumes from the run folder's last checkpoint.
@@ -49,11 +49,14 @@ def parse_args(argv=None):
     p.add_argument("--out", required=True, help="the module file to write (.safetensors)")
     p.add_argument("--run-dir", required=True, help="checkpoints, log.csv/jsonl, loss_curve.png; resumed from")
     p.add_argument("--cache-root", help="feature cache root (default: <dataset>/.emma_cache)")
-    p.add_argument("--clip-vision", help="CLIP ViT-H/14 vision file (object / portrait / style)")
-    p.add_argument("--insightface-root", help="folder holding models/<pack>/*.onnx (face)")
+    p.add_argument("--clip-vision", help="CLIP ViT-H/14 vision file (object / portrait / style); not needed "
+                                          "when every image has a <name>_ref.safetensors features file")
+    p.add_argument("--insightface-root", help="folder holding models/<pack>/*.onnx (face); not needed when every "
+                                              "image has a <name>_ref.safetensors features file")
     p.add_argument("--pack", default="antelopev2", help="InsightFace pack name (face)")
     p.add_argument("--init-from", help="start from this module's weights (e.g. portrait from object)")
-    p.add_argument("--comfyui", help="ComfyUI folder (default $EMMA_COMFYUI_DIR or devtools' tree)")
+    p.add_argument("--comfyui", help="ComfyUI folder (default: $EMMA_COMFYUI_DIR, else the ComfyUI whose "
+                                     "custom_nodes/ holds this pack)")
     p.add_argument("--cpu", action="store_true", help="train on the CPU even when CUDA is available")
     p.add_argument("--resolution", type=int, default=512)
     p.add_argument("--text-length", default="fixed 128", choices=["fixed 128", "flexible"])
@@ -63,6 +66,8 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--weight-decay", type=float, default=d.weight_decay)
     p.add_argument("--warmup-iters", type=int, default=d.warmup_iters)
+    p.add_argument("--decay-to", type=float, default=d.decay_to,
+                   help="cosine decay of the learning rate after warm-up to this fraction (1 = constant)")
     p.add_argument("--grad-clip", type=float, default=d.grad_clip)
     p.add_argument("--precision", default=d.precision, choices=["auto", "fp16", "bf16", "fp32"])
     p.add_argument("--gradient-checkpointing", default="auto", choices=["auto", "on", "off"])
@@ -75,29 +80,28 @@ def parse_args(argv=None):
     p.add_argument("--text-dropout", type=float, default=0.1)
     p.add_argument("--noise-offset", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--preview-every", type=int, default=d.preview_every,
+                   help="sample pictures every N steps into <run-dir>/previews/ (0 = never)")
+    p.add_argument("--preview-count", type=int, default=4, help="pictures per preview (held-out images first)")
+    p.add_argument("--preview-steps", type=int, default=20, help="sampling steps of a preview picture")
+    p.add_argument("--preview-cfg", type=float, default=5.0, help="guidance scale of a preview picture")
     p.add_argument("--no-resume", action="store_true", help="ignore checkpoints in --run-dir")
     return p.parse_args(argv)
 
 
-def import_comfy(comfy_dir: str | None, cpu: bool):
-    """ComfyUI as a library (what devtools.host.import_comfy does, without forcing the CPU)."""
-    if comfy_dir is None:
-        comfy_dir = os.environ.get("EMMA_COMFYUI_DIR")
-    if comfy_dir is None:
-        from devtools.host import provision
+def import_comfy(comfy_dir: str | None, cpu: bool) -> str:
+    """ComfyUI as a library (scripts/comfy_library.py): --comfyui, $EMMA_COMFYUI_DIR or the ComfyUI this pack
+    is installed in; models stay where this script puts them (--disable-smart-memory)."""
+    from scripts.comfy_library import ComfyUINotFound
+    from scripts.comfy_library import import_comfy as import_comfy_library
 
-        comfy_dir = str(provision())
-    comfy_dir = str(Path(comfy_dir).resolve())
-    if comfy_dir not in sys.path:
-        sys.path.insert(0, comfy_dir)
-    import comfy.cli_args
-
-    comfy.cli_args.args.cpu = cpu
-    comfy.cli_args.args.disable_smart_memory = True  # keep our models where we put them
+    try:
+        mods = import_comfy_library(comfy_dir, cpu=cpu, nodes=False, disable_smart_memory=True)
+    except ComfyUINotFound as e:
+        raise SystemExit(str(e)) from None
     import comfy.clip_vision  # noqa: F401
-    import comfy.model_management  # noqa: F401
     import comfy.sd  # noqa: F401
-    return comfy_dir
+    return str(mods["comfy_dir"])
 
 
 def main(argv=None) -> int:
@@ -144,14 +148,16 @@ def run(args, rank: int, world: int, device: torch.device) -> int:
                            load_tokenizer(os.path.join(comfy_dir, "comfy", "text_encoders", "t5_tokenizer")))
         clip_vision = comfy.clip_vision.load(args.clip_vision) if args.clip_vision else None
         analyzer = None
-        if args.modality == "face":
+        if args.modality == "face" and args.insightface_root:
             from emma_core.face import FaceAnalyzer
 
-            if not args.insightface_root:
-                raise SystemExit("--insightface-root is needed for face modules")
             analyzer = FaceAnalyzer(args.insightface_root, args.pack, "cpu" if device.type == "cpu" else "auto")
-        names = {"t5": os.path.basename(args.t5.rstrip("/")), "vae": os.path.basename(args.checkpoint),
-                 "condition": os.path.basename(args.clip_vision) if args.clip_vision else f"insightface:{args.pack}"}
+        # Without --clip-vision / --insightface-root every image needs its <name>_ref.safetensors features file.
+        names = {"t5": os.path.basename(args.t5.rstrip("/")), "vae": os.path.basename(args.checkpoint)}
+        if args.clip_vision:
+            names["condition"] = os.path.basename(args.clip_vision)
+        elif analyzer is not None:
+            names["condition"] = f"insightface:{args.pack}"
         encoders = comfy_encoders(modality=args.modality, vae=vae, base_model=patcher.model, t5=t5,
                                   resolution=args.resolution, text_length=args.text_length,
                                   clip_vision=clip_vision, face_analyzer=analyzer, names=names)
@@ -169,7 +175,9 @@ def run(args, rank: int, world: int, device: torch.device) -> int:
     ella_dtype = torch.float16 if device.type == "cuda" else torch.float32
     ella = load_ella(args.ella, dtype=ella_dtype).to(device)
     config = TrainConfig(steps=args.steps, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
-                         weight_decay=args.weight_decay, warmup_iters=args.warmup_iters, grad_clip=args.grad_clip,
+                         preview_every=args.preview_every,
+                         weight_decay=args.weight_decay, warmup_iters=args.warmup_iters, decay_to=args.decay_to,
+                         grad_clip=args.grad_clip,
                          precision=args.precision, val_every=args.val_every, early_stopping_patience=args.patience,
                          checkpoint_every=args.checkpoint_every, log_every=args.log_every, seed=args.seed)
     gc = {"auto": None, "on": True, "off": False}[args.gradient_checkpointing]
@@ -179,13 +187,20 @@ def run(args, rank: int, world: int, device: torch.device) -> int:
             extra = f" val {record['val_loss']:.5f}" if record.get("val_loss") is not None else ""
             print(f"step {step}/{total} loss {record['loss']:.5f}{extra}", flush=True)
 
+    preview = None
+    if args.preview_every and rank == 0:
+        from emma_core.train.preview import PreviewSetup
+
+        preview = PreviewSetup(decode=lambda latents: vae.decode(patcher.model.process_latent_out(latents)),
+                               dataset_dir=args.dataset, count=args.preview_count, steps=args.preview_steps,
+                               cfg=args.preview_cfg)
     out = train_emma_module(cache_folder, names, modality=args.modality, ella=ella,
                             denoiser=comfy_epsilon_denoiser(base), out_path=args.out, run_dir=args.run_dir,
                             config=config, device=device, ella_sha256=sha256_file(args.ella) if rank == 0 else "",
                             val_fraction=args.val_fraction, cond_dropout=args.cond_dropout,
                             text_dropout=args.text_dropout, noise_offset=args.noise_offset,
                             gradient_checkpointing=gc, init_from=args.init_from, resume=not args.no_resume,
-                            on_step=on_step, rank=rank)
+                            on_step=on_step, rank=rank, preview=preview)
     if rank == 0:
         r = out.result
         print(f"wrote {out.module_path} (steps {r.step}, resumed from {r.resumed_from}, best validation "

@@ -22,6 +22,7 @@ the world's checkpoint, which CheckpointLoaderSimple turns into the same VAE.
 """
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -30,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-EDGE_GAIN, EDGE_BIAS = 32.0, -1.1
+EDGE_GAIN, EDGE_BIAS = 16.0, -1.1
 LATENT_SCALE = 0.18215  # ComfyUI's SD1.5 latent format: the UNet sees (raw latent) * this, i.e. the encoder's output
 ENCODER_CHANNELS = ("r", "g", "b", "+dx", "-dx", "+dy", "-dy")
 
@@ -69,8 +70,8 @@ def fixed_encoder():
     for channel in range(3):
         last.weight[channel, channel, 1, 1] = 4.0
         last.bias[channel] = -2.0
-    last.weight[3, 3:7, 1, 1] = EDGE_GAIN / 2  # |dx| + |dy| averaged over the cell (each difference is counted
-    last.bias[3] = EDGE_BIAS                   # once per sign)
+    last.weight[3, 3:7, 1, 1] = EDGE_GAIN  # ReLU(d) + ReLU(-d) = |d|: the four channels sum to |dx| + |dy|
+    last.bias[3] = EDGE_BIAS
     return encoder.eval().requires_grad_(False)
 
 
@@ -115,20 +116,22 @@ def decode(decoder, latents: torch.Tensor) -> torch.Tensor:
     return decoder(latents.float()).clamp(0, 1).movedim(1, -1)
 
 
-def train_decoder(decoder, encoder, pictures: Callable[[int, int], np.ndarray], steps: int, batch: int = 16,
-                  lr: float = 1e-3, crop_cells: int = 4, log: Optional[Callable[[str], None]] = None,
+def decoder_optimizer(decoder, lr: float = 1e-3) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(decoder.parameters(), lr=lr, weight_decay=0.0)
+
+
+def train_decoder(decoder, encoder, pictures: Callable[[int, int], np.ndarray], steps: int, optimizer,
+                  batch: int = 16, lr: float = 1e-3, crop_cells: int = 4, log: Optional[Callable[[str], None]] = None,
                   start_step: int = 0, checkpoint: Optional[Callable[[int], None]] = None,
-                  checkpoint_every: int = 100, optimizer_state: Optional[dict] = None):
+                  checkpoint_every: int = 100) -> None:
     """Train the decoder on random crops of `crop_cells` x `crop_cells` latent cells of world pictures
-    (`pictures(step, batch)` -> [batch, H, W, 3]); L1 + MSE, AdamW, cosine decay. Returns the optimizer."""
+    (`pictures(step, batch)` -> [batch, H, W, 3]); L1 + MSE, cosine decay of `lr`; `checkpoint(step)` every
+    `checkpoint_every` steps and at the end."""
     decoder.train().requires_grad_(True)
-    optimizer = torch.optim.AdamW(decoder.parameters(), lr=lr, weight_decay=0.0)
-    if optimizer_state:
-        optimizer.load_state_dict(optimizer_state)
     t0 = time.perf_counter()
     for step in range(start_step, steps):
         for group in optimizer.param_groups:
-            group["lr"] = lr * 0.5 * (1 + np.cos(np.pi * step / max(1, steps)))
+            group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / max(1, steps)))
         batch_pictures = torch.from_numpy(pictures(step, batch))
         latents = encode(encoder, batch_pictures)
         g = torch.Generator().manual_seed(step)
@@ -145,7 +148,6 @@ def train_decoder(decoder, encoder, pictures: Callable[[int, int], np.ndarray], 
             log(f"decoder step {step + 1}/{steps} loss {float(loss):.4f} ({time.perf_counter() - t0:.0f} s)")
         if checkpoint is not None and ((step + 1) % checkpoint_every == 0 or step + 1 == steps):
             checkpoint(step + 1)
-    return optimizer
 
 
 def save_taesd(encoder, decoder, folder: Path) -> tuple[Path, Path]:

@@ -76,8 +76,9 @@ def background(kind: str, phase: tuple[int, int], size: int = SIZE) -> np.ndarra
         return np.where((xx % period) < period / 2, GREY_HIGH, GREY_LOW).astype(np.float32)
     if kind == "checks":
         return np.where(((xx // (period / 2)) + (yy // (period / 2))) % 2 == 0, GREY_HIGH, GREY_LOW).astype(np.float32)
-    dx, dy = (xx % period) - period / 2, (yy % period) - period / 2
-    return np.where(dx * dx + dy * dy < (0.3 * period) ** 2, GREY_LOW, GREY_HIGH).astype(np.float32)
+    # a dot inside one 8 px cell of each period, so the VAE's cell means carry the pattern
+    dx, dy = (xx % period) - period / 4, (yy % period) - period / 4
+    return np.where(dx * dx + dy * dy < (0.22 * period) ** 2, GREY_LOW, GREY_HIGH).astype(np.float32)
 
 
 def shape_mask(shape: str, centre: tuple[float, float], side: float, size: int = SIZE) -> np.ndarray:

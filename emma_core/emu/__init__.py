@@ -5,7 +5,8 @@
     lora.inject_lora(unet, targets, rank, alpha)  LoRA on nn.Linear / nn.Conv2d by module name (forward hooks)
     lora.LoRASet.to_kohya()                       the kohya key layout ComfyUI's stock LoraLoader applies
     quality_tune.quality_tune(...)                Emu's recipe on the shared trainer (emma_core.train.loop)
+    run.curate(...), run.tune(...)                a whole curation / tuning run, as both front ends start it
 
-Nothing here imports ComfyUI: the front ends (nodes/emu_nodes.py, scripts/emu_tune.py) pass the UNet, the
-denoiser callable and the encoders in.
+Nothing here imports ComfyUI: the front ends (nodes/emu_nodes.py, scripts/emu_tune.py) pass the user's model,
+CLIP and VAE in, and what needs ComfyUI's model management as callables.
 """

@@ -23,7 +23,6 @@ Rules (the scan reports every file it does not use, and why):
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +30,8 @@ from typing import Optional
 
 import numpy as np
 import torch
+
+from ..stamps import files_stamp
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 MASK_SUFFIX = "_mask"
@@ -58,13 +59,7 @@ class DatasetItem:
 
     def fingerprint(self) -> str:
         """Changes when the image, the caption, the mask or the reference changes (size + mtime + caption)."""
-        h = hashlib.sha256()
-        for path in (self.image, self.mask, self.reference):
-            if path is not None:
-                st = path.stat()
-                h.update(f"{path.name}:{st.st_size}:{st.st_mtime_ns};".encode())
-        h.update(self.caption.encode("utf-8"))
-        return h.hexdigest()[:24]
+        return files_stamp([p for p in (self.image, self.mask, self.reference) if p is not None], self.caption)[:24]
 
 
 @dataclass

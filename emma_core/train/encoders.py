@@ -68,19 +68,23 @@ def comfy_encoders(*, modality: str, vae, base_model, t5, resolution: int, text_
     kind = MODALITY_KINDS.get(modality)
     if kind is None:
         raise ValueError(f"training supports the modalities {sorted(MODALITY_KINDS)}, not {modality!r}")
-    if resolution % 64:
-        raise ValueError(f"resolution must be a multiple of 64, got {resolution}")
+    if resolution % 8:
+        raise ValueError(f"resolution must be a multiple of 8 (the VAE's cell), got {resolution}")
     fixed = FIXED_LENGTH if text_length.startswith("fixed") else None
     # Without an encoder every image must bring its reference's features (<name>_ref.safetensors).
     condition, cond_id, encoder_name = None, "features files", ""
     if kind == "face" and face_analyzer is not None:
+        from ..face import encoder_name as face_encoder_name
+
         condition = face_condition(face_analyzer)
         pack = os.path.basename(str(getattr(face_analyzer, "pack_dir", "")).rstrip("/"))
-        cond_id, encoder_name = f"insightface:{getattr(face_analyzer, 'pack_dir', '')}", f"InsightFace {pack} ArcFace"
+        cond_id, encoder_name = f"insightface:{getattr(face_analyzer, 'pack_dir', '')}", face_encoder_name(pack)
     elif kind != "face" and clip_vision is not None:
+        from ..clip_features import encoder_name as clip_encoder_name
+
         condition = clip_condition(clip_vision, kind)
         cond_id = "clip:" + module_fingerprint(getattr(clip_vision, "model", clip_vision))
-        encoder_name = f"CLIP vision {(names or {}).get('condition', '')}".strip()
+        encoder_name = clip_encoder_name((names or {}).get("condition") or "")
 
     def encode_image(image: torch.Tensor) -> torch.Tensor:
         return base_model.process_latent_in(vae.encode(image[..., :3])).float().cpu()

@@ -29,7 +29,7 @@ import torch.distributed as dist
 
 from . import checkpoint as ckpt
 from .curve import render_loss_curve
-from .schedule import warmup_factor
+from .schedule import cosine_factor, warmup_factor
 from .trainlog import TrainLog
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,8 @@ class TrainConfig:
     weight_decay: float = 0.01
     warmup_iters: int = 1000          # paper: linear warm-up from 10% to 100% over 1000 iterations
     warmup_start: float = 0.1
+    decay_to: float = 1.0             # after warm-up, cosine decay of the lr to this fraction at the last step
+                                      # (1.0 = constant, the paper's schedule)
     grad_clip: float = 1.0            # paper: gradient clipping 1.0
     precision: str = "auto"           # auto = fp16 autocast on CUDA (paper: fp16), fp32 on CPU; or fp16/bf16/fp32
     val_every: int = 0                # validate every N steps (and at the end); 0 = never
@@ -170,7 +172,8 @@ def train(task, train_set, config: TrainConfig, run_dir, val_set=None, resume: b
     optimizer = torch.optim.AdamW(params, lr=config.lr, betas=tuple(config.betas), eps=config.eps,
                                   weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: warmup_factor(s, config.warmup_iters, config.warmup_start))
+        optimizer, lambda s: warmup_factor(s, config.warmup_iters, config.warmup_start)
+        * cosine_factor(s, config.warmup_iters, config.steps, config.decay_to))
     amp_dtype = _precision(config.precision, device)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16 and device.type == "cuda")
     generator = torch.Generator(device=device).manual_seed(config.seed * 1000 + rank)

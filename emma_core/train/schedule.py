@@ -1,6 +1,8 @@
 """SD1.5's DDPM noise schedule and the paper's learning-rate warm-up."""
 from __future__ import annotations
 
+import math
+
 import torch
 
 # SD1.5 (and ComfyUI's ModelSamplingDiscrete for it): "scaled linear" betas, 1000 steps, epsilon target.
@@ -40,3 +42,11 @@ def warmup_factor(step: int, warmup_iters: int = 1000, start: float = 0.1) -> fl
     if warmup_iters <= 0:
         return 1.0
     return start + (1.0 - start) * min(1.0, step / warmup_iters)
+
+
+def cosine_factor(step: int, warmup_iters: int, total: int, end: float = 1.0) -> float:
+    """1 until the end of warm-up, then a cosine from 1 to `end` at step `total` (end 1.0: constant)."""
+    if end >= 1.0 or step <= warmup_iters or total <= warmup_iters:
+        return 1.0
+    progress = min(1.0, (step - warmup_iters) / (total - warmup_iters))
+    return end + (1.0 - end) * 0.5 * (1.0 + math.cos(math.pi * progress))

@@ -116,7 +116,7 @@ def test_t5_standin_loads_strictly_into_transformers(models_root, standins):
     assert out.shape == (1, 4, 2048) and torch.isfinite(out).all()
 
 
-# The released ella-sd1.5-tsc-t5xl.safetensors (shared/notes/ella.md), independent of emma_core.
+# The released ella-sd1.5-tsc-t5xl.safetensors (docs/ella.md), independent of emma_core.
 ELLA_FIXED = {
     "time_embedding.linear_1.weight": [768, 320], "time_embedding.linear_1.bias": [768],
     "time_embedding.linear_2.weight": [768, 768], "time_embedding.linear_2.bias": [768],

@@ -1,5 +1,5 @@
-"""Independent float64 reference for ELLA + assembled EMMA branches, written from notes/ella.md and
-notes/emma.md with plain torch ops on state dicts (no emma_core forward is called here).
+"""Independent float64 reference for ELLA + assembled EMMA branches, written from docs/ella.md and
+docs/emma-design.md with plain torch ops on state dicts (no emma_core forward is called here).
 
 Imported by the EMMA tests as `from reference import ...` (pytest puts this folder on sys.path).
 """
@@ -62,7 +62,7 @@ def _mha(sd, q_in, kv_in, p):
 
 
 def adapter_tokens(sd, kind, tensors):
-    """The condition tokens [B, n, 768] of notes/emma.md's adapters."""
+    """The condition tokens [B, n, 768] of docs/emma-design.md's adapters."""
     sd = {k: v.double() for k, v in sd.items()}
     t = {k: v.double() for k, v in tensors.items()}
     if kind == "face":

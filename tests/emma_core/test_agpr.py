@@ -1,5 +1,5 @@
 """AGPR block: exact identity when untrained, per-token separable gates, gradients into the zero gates,
-and the gated-residual math of notes/emma.md checked against an independent reference."""
+and the gated-residual math of docs/emma-design.md checked against an independent reference."""
 import torch
 
 from emma_core.agpr import AGPRBlock

@@ -20,6 +20,15 @@ def test_round_trip_keeps_kind_tensors_and_meta(tmp_path):
     save_features(clip, path)  # overwriting replaces the file whole
     again, _ = load_features(path)
     assert again.kind == "clip_tokens" and set(again.tensors) == {"hidden", "embeds", "mask"}
+    assert loaded.encoder == again.encoder == ""  # made by nobody known: no provenance is invented
+
+
+def test_what_made_the_features_survives_a_save_and_a_load(tmp_path):
+    face = Features("face", {"embedding": torch.nn.functional.normalize(torch.randn(1, 512), dim=-1)},
+                    encoder="InsightFace antelopev2 ArcFace")
+    loaded, meta = load_features(save_features(face, str(tmp_path / "me.safetensors"), {"name": "me"}))
+    assert loaded.encoder == "InsightFace antelopev2 ArcFace"
+    assert meta == {"name": "me", "encoder": "InsightFace antelopev2 ArcFace"}
 
 
 def test_a_crash_while_writing_keeps_the_old_file(tmp_path, monkeypatch):

@@ -76,6 +76,17 @@ def test_loader_refuses_non_t5_and_pickles(tmp_path):
         load_t5_encoder(str(folder))
 
 
+def test_a_folder_without_config_json_says_so(tmp_path, reference):
+    folder = tmp_path / "flan-t5-tiny"
+    folder.mkdir()
+    save_file(hf_layout(reference), folder / "model.safetensors")
+    with pytest.raises(WeightsFileError, match=r"flan-t5-tiny: this T5 folder has no config.json"):
+        load_t5_encoder(str(folder))
+    (folder / "config.json").write_text("{not json")
+    with pytest.raises(WeightsFileError, match=r"config.json could not be read as JSON"):
+        load_t5_encoder(str(folder))
+
+
 def test_tokenizer_is_comfyuis_bundled_flan_vocabulary_and_loads_offline(tokenizer_dir):
     code = ("import sys; sys.path.insert(0, '.'); from emma_core.t5 import load_tokenizer; "
             f"print(load_tokenizer({tokenizer_dir!r})('a cat').input_ids)")
@@ -118,6 +129,6 @@ def test_repeated_prompt_is_served_from_the_cache(tmp_path, reference, tokenizer
     encoder.model.register_forward_hook(lambda *a: calls.append(1))
     first = encoder.encode("a cat")
     second = encoder.encode("a cat")
-    assert len(calls) == 1 and encoder.cache_hits == 1 and second is first
+    assert len(calls) == 1 and second is first and encoder.cached("a cat")
     encoder.encode("a dog")
     assert len(calls) == 2

@@ -1,11 +1,10 @@
-"""UMM core: subject positions, replacement, the guidance formula, the projector file."""
+"""UMM core: subject positions, replacement, the projector file (the guidance: tests/nodes/test_umm_nodes.py)."""
 import pytest
 import torch
 from safetensors.torch import save_file
 
 from emma_core.state_dict import WeightsFileError
-from emma_core.umm import (ProjectorConfig, UMMProjector, find_subject, load_projector, mixed_guidance,
-                           replace_positions, save_projector)
+from emma_core.umm import ProjectorConfig, UMMProjector, find_subject, load_projector, replace_positions, save_projector
 
 
 def test_find_subject_handles_multi_token_and_repeated_words():
@@ -23,14 +22,6 @@ def test_replace_positions_changes_only_those_rows():
     assert torch.equal(h_u[:, [0, 1, 2, 5, 6, 7, 8, 9]], h_y[:, [0, 1, 2, 5, 6, 7, 8, 9]])
     assert torch.equal(h_u[:, 3], word.expand(2, 8)) and torch.equal(h_u[:, 4], word.expand(2, 8))
     assert not torch.equal(h_y[:, 3], h_u[:, 3])  # h_y itself untouched
-
-
-def test_mixed_guidance_limits():
-    e, y, u = torch.randn(3, 4, 4).unbind(0)
-    assert torch.allclose(mixed_guidance(e, y, u, 1.0, 0.0), y)
-    assert torch.allclose(mixed_guidance(e, y, u, 1.0, 1.0), u)
-    assert torch.allclose(mixed_guidance(e, y, u, 0.0, 0.5), e)
-    assert torch.allclose(mixed_guidance(e, y, u, 5.0, 0.3), e + 5.0 * (0.7 * (y - e) + 0.3 * (u - e)))
 
 
 def test_projector_file_round_trip_and_refusals(tmp_path):

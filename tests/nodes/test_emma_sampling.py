@@ -1,5 +1,7 @@
 """EMMA in the real ComfyUI host: schedules per model call, identities, batches, regions, ControlNet, errors."""
+import logging
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,33 +20,40 @@ def image_tensor(array):
 @pytest.fixture(scope="module")
 def emma(comfy_inprocess, standins):
     m = comfy_inprocess.nodes.NODE_CLASS_MAPPINGS
-    ella = m["EMMALoadELLA"].execute(standins["ella"]).result[0]
-    t5 = m["EMMALoadT5"].execute(standins["text_encoders"], "auto").result[0]
-    positive = m["EMMATextEncode"].execute(ella, t5, POSITIVE, "flexible").result[0]
-    negative = m["EMMATextEncode"].execute(ella, t5, "", "flexible").result[0]
+    ella = m["EMMALoadELLA"].execute(ella_name=standins["ella"]).result[0]
+    t5 = m["EMMALoadT5"].execute(t5_name=standins["text_encoders"], precision="auto").result[0]
+    positive = m["EMMATextEncode"].execute(ella=ella, t5=t5, text=POSITIVE, length="flexible").result[0]
+    negative = m["EMMATextEncode"].execute(ella=ella, t5=t5, text="", length="flexible").result[0]
     model, _clip, vae = m["CheckpointLoaderSimple"]().load_checkpoint(standins["checkpoints"])[:3]
-    modules = {k: m["EMMALoadModule"].execute(v).result[0] for k, v in standins["emma"].items()}
+    modules = {k: m["EMMALoadModule"].execute(module_name=v).result[0] for k, v in standins["emma"].items()}
     astronaut = data.astronaut()
-    face_a, aligned = m["EMMAFaceFeatures"].execute(image_tensor(astronaut), "antelopev2", -1, 640, "cpu").result
+    face_a, aligned = face_features(m, image_tensor(astronaut)).result
     other = np.ascontiguousarray(astronaut[:, ::-1])  # mirrored and re-lit: another "identity" to the recognizer
     other = np.clip(other.astype(np.float32) * [1.0, 0.9, 0.8], 0, 255).astype(np.uint8)
-    face_b = m["EMMAFaceFeatures"].execute(image_tensor(other), "antelopev2", -1, 640, "cpu").result[0]
+    face_b = face_features(m, image_tensor(other)).result[0]
     vision = m["CLIPVisionLoader"]().load_clip(standins["clip_vision"])[0]
     reference = image_tensor(np.asarray(Image.open(comfy_inprocess.comfy_dir / "input" / "example.png").convert("RGB")))
-    obj = m["EMMAImageFeatures"].execute(vision, reference, "object / portrait", "center").result[0]
+    obj = m["EMMAImageFeatures"].execute(clip_vision=vision, image=reference, kind="object / portrait",
+                                         crop="center").result[0]
     return dict(m=m, ella=ella, t5=t5, positive=positive, negative=negative, model=model, vae=vae,
                 modules=modules, face_a=face_a, face_b=face_b, aligned=aligned, obj=obj)
+
+
+def face_features(m, image):
+    return m["EMMAFaceFeatures"].execute(image=image, pack="antelopev2", face_index=-1, det_size=640, provider="cpu")
 
 
 def conditions(e, *items):
     out = None
     for module, features, weight, start, end in items:
-        out = e["m"]["EMMACondition"].execute(e["modules"][module], features, weight, start, end, out).result[0]
+        out = e["m"]["EMMACondition"].execute(module=e["modules"][module], features=features, weight=weight,
+                                              start=start, end=end, conditions=out).result[0]
     return out
 
 
 def assembled(e, conds, apply_to_negative=False):
-    return e["m"]["EMMAAssemble"].execute(e["positive"], e["negative"], conds, apply_to_negative).result
+    return e["m"]["EMMAAssemble"].execute(positive=e["positive"], negative=e["negative"], conditions=conds,
+                                          apply_to_negative=apply_to_negative).result
 
 
 def ella_alone(e, t):
@@ -54,7 +63,7 @@ def ella_alone(e, t):
 
 
 def run(e, positive, negative, steps=3, batch=1, seed=7, control_models=(), sampler="euler", scheduler="normal"):
-    applied = e["m"]["EMMAApplyToModel"].execute(e["model"]).result[0]
+    applied = e["m"]["EMMAApplyToModel"].execute(model=e["model"]).result[0]
     recorded, calls, hooks = record_calls(applied, e["ella"], list(control_models))
     try:
         latents = sample(e["m"], recorded, positive, negative, sampler, scheduler, steps=steps, seed=seed,
@@ -172,32 +181,89 @@ def test_two_regions_with_two_references_and_controlnet(emma, standins):
 def test_wrong_kind_and_bad_files_are_clear_errors(emma, comfy_inprocess, standins, tmp_path):
     m = emma["m"]
     with pytest.raises(ValueError, match=r"\[EMMA Condition\].*expects 'face' features.*got 'clip_tokens'"):
-        m["EMMACondition"].execute(emma["modules"]["face"], emma["obj"], 1.0, 0.0, 1.0)
+        conditions(emma, ("face", emma["obj"], 1.0, 0.0, 1.0))
     folder_paths = comfy_inprocess.folder_paths
     shutil.copyfile(comfy_inprocess.models_root / "ella" / standins["ella"], tmp_path / "looks-like-a-module.safetensors")
     (tmp_path / "corrupt-module.safetensors").write_bytes(
         (comfy_inprocess.models_root / "emma" / standins["emma"]["face"]).read_bytes()[:4096])
     folder_paths.add_model_folder_path("emma", str(tmp_path))
     with pytest.raises(ValueError, match=r"\[Load EMMA Module\].*ELLA connector.*Load ELLA Connector"):
-        m["EMMALoadModule"].execute("looks-like-a-module.safetensors")
+        m["EMMALoadModule"].execute(module_name="looks-like-a-module.safetensors")
     with pytest.raises(ValueError, match=r"\[Load EMMA Module\].*corrupt-module.safetensors"):
-        m["EMMALoadModule"].execute("corrupt-module.safetensors")
-    with pytest.raises(ValueError, match=r"\[EMMA Face Features\].*no face found in image 2 of 2"):
+        m["EMMALoadModule"].execute(module_name="corrupt-module.safetensors")
+    with pytest.raises(ValueError, match=r"^\[EMMA Face Features \(InsightFace\)\] no face found in image 2 of 2"):
         blank = torch.full((1, 512, 512, 3), 0.5)
-        faces = torch.cat([image_tensor(data.astronaut()), blank])
-        m["EMMAFaceFeatures"].execute(faces, "antelopev2", -1, 640, "cpu")
+        face_features(m, torch.cat([image_tensor(data.astronaut()), blank]))
     with pytest.raises(ValueError, match=r"\[EMMA Assemble\].*ELLA Text Encode"):
         clip_like = [[torch.zeros(1, 77, 768), {"pooled_output": torch.zeros(1, 768)}]]
-        m["EMMAAssemble"].execute(clip_like, emma["negative"], conditions(emma, ("face", emma["face_a"], 1, 0, 1)),
-                                  False)
+        m["EMMAAssemble"].execute(positive=clip_like, negative=emma["negative"],
+                                  conditions=conditions(emma, ("face", emma["face_a"], 1, 0, 1)),
+                                  apply_to_negative=False)
 
 
 def test_features_save_and_load_through_the_nodes(emma, comfy_inprocess, tmp_path):
     folder_paths = comfy_inprocess.folder_paths
     folder_paths.add_model_folder_path("emma_features", str(tmp_path), is_default=True)
     m = emma["m"]
-    m["EMMASaveFeatures"].execute(emma["face_a"], "astronaut")
+    m["EMMASaveFeatures"].execute(features=emma["face_a"], name="astronaut")
     assert (tmp_path / "astronaut.safetensors").exists()
-    loaded = m["EMMALoadFeatures"].execute("astronaut.safetensors").result[0]
-    assert loaded.kind == "face"
+    loaded = m["EMMALoadFeatures"].execute(features_name="astronaut.safetensors").result[0]
+    assert loaded.kind == "face" and loaded.encoder == emma["face_a"].encoder == "InsightFace antelopev2 ArcFace"
     assert torch.equal(loaded.tensors["embedding"], emma["face_a"].tensors["embedding"].float())
+
+
+@pytest.mark.parametrize("weight, start, end, says", [
+    (float("nan"), 0.0, 1.0, "weight is nan: give a number from -2 to 5"),
+    (1.0, float("-inf"), 1.0, "start is -inf: give a number from 0 to 1"),
+    (1.0, 0.0, 1.5, "end is 1.5: give a number from 0 to 1"),
+    (1.0, 0.8, 0.2, "start (0.8) is not before end (0.2): the condition would never act"),
+])
+def test_a_weight_or_schedule_that_cannot_work_is_an_error_naming_the_input(emma, weight, start, end, says):
+    """ComfyUI checks the range of a typed-in number but not of a linked one, and NaN passes every check: a NaN
+    weight would run and give a NaN context, a black picture."""
+    with pytest.raises(ValueError) as error:
+        conditions(emma, ("face", emma["face_a"], weight, start, end))
+    assert str(error.value).startswith(f"[EMMA Condition] {says}")
+
+
+def test_image_features_record_the_clip_vision_file_that_made_them(comfy_inprocess, standins, tmp_path):
+    """Through ComfyUI's executor (the file name comes from the graph: the model object does not keep it)."""
+    from devtools.host import run_graph_in_process
+    from emma_core.features_file import load_features
+
+    folder_paths = comfy_inprocess.folder_paths
+    folder_paths.add_model_folder_path("emma_features", str(tmp_path), is_default=True)
+    Image.fromarray(data.astronaut()).save(Path(folder_paths.get_input_directory()) / "emma-style-ref.png")
+    graph = {
+        "vision": {"class_type": "CLIPVisionLoader", "inputs": {"clip_name": standins["clip_vision"]}},
+        "image": {"class_type": "LoadImage", "inputs": {"image": "emma-style-ref.png"}},
+        "features": {"class_type": "EMMAImageFeatures", "inputs": {"clip_vision": ["vision", 0], "image": ["image", 0],
+                                                                   "kind": "style", "crop": "center"}},
+        "save": {"class_type": "EMMASaveFeatures", "inputs": {"features": ["features", 0], "name": "style-ref"}},
+    }
+    run_graph_in_process(graph)
+    features, meta = load_features(str(tmp_path / "style-ref.safetensors"))
+    assert features.kind == "style" and features.encoder == f"CLIP vision {standins['clip_vision']}"
+    assert meta["encoder"] == features.encoder
+
+
+def test_features_from_another_encoder_than_the_modules_are_warned_about_once(emma, comfy_inprocess, tmp_path,
+                                                                             caplog):
+    from emma_core.emma_module import EMMAConfig, EMMAModule, save_module
+
+    torch.manual_seed(0)
+    save_module(EMMAModule(EMMAConfig(modality="face"), feature_encoder="InsightFace buffalo_l ArcFace"),
+                str(tmp_path / "buffalo-face.safetensors"))
+    comfy_inprocess.folder_paths.add_model_folder_path("emma", str(tmp_path))
+    module = emma["m"]["EMMALoadModule"].execute(module_name="buffalo-face.safetensors").result[0]
+    assert module.module.feature_encoder == "InsightFace buffalo_l ArcFace"
+    with caplog.at_level(logging.WARNING, logger="ComfyUI-EMMA"):
+        for _ in range(2):
+            emma["m"]["EMMACondition"].execute(module=module, features=emma["face_a"], weight=1.0, start=0.0,
+                                               end=1.0)
+        emma["m"]["EMMACondition"].execute(module=emma["modules"]["face"], features=emma["face_a"], weight=1.0,
+                                           start=0.0, end=1.0)  # a module that does not say: nothing to compare
+    warnings = [r.getMessage() for r in caplog.records if "trained on features from" in r.getMessage()]
+    assert warnings == ["EMMA Condition: module buffalo-face.safetensors was trained on features from InsightFace "
+                        "buffalo_l ArcFace, but these come from InsightFace antelopev2 ArcFace; it may follow them "
+                        "less well (use the encoder it was trained with)"]

@@ -1,6 +1,7 @@
 """Emu nodes in the real host: curate a generated folder, tune a LoRA from the user's checkpoint loader's
 MODEL/CLIP/VAE, and apply it with the stock LoraLoader."""
 import importlib
+import re
 import sys
 from pathlib import Path
 
@@ -45,14 +46,17 @@ def test_curate_then_tune_then_lora_loader(comfy_inprocess, standins, folder):
     lora_path = Path(folder_paths.get_folder_paths("loras")[0]) / LORA  # where the node saves (the first one)
     try:
         with torch.inference_mode():  # as ComfyUI's executor runs nodes
-            report, sheet, review = curate.execute(str(folder), 32, 0.5, 2.0, True, 6).result
+            report, sheet, review = curate.execute(folder=str(folder), min_side=32, min_aspect=0.5, max_aspect=2.0,
+                                                   remove_duplicates=True, duplicate_distance=6).result
             assert "img0_copy.png: near-duplicate of img0.png" in report and "strip.png: 64x16 (shorter side 16 < 32 px)" in report
             assert sheet.ndim == 4 and sheet.shape[-1] == 3
             text = (folder / "emu_review.csv").read_text()
             (folder / "emu_review.csv").write_text(text.replace("img3.png,keep", "img3.png,reject"))
             model, clip, vae = m["CheckpointLoaderSimple"]().load_checkpoint(standins["checkpoints"])[:3]
-            name, curve, tune_report = tune.execute(model, clip, vae, str(folder), "", LORA, "lora", 4, 1e-3, 2, 1,
-                                                    2, 2, 2, 0.1, 32, 0).result
+            name, curve, tune_report = tune.execute(
+                model=model, clip=clip, vae=vae, folder=str(folder), review_list="", lora_name=LORA, mode="lora",
+                max_steps=4, learning_rate=1e-3, rank=2, patience=1, validate_every=2, effective_batch=2,
+                micro_batch=2, noise_offset=0.1, resolution=32, seed=0).result
         assert name == LORA and lora_path.is_file() and f"saved {lora_path}" in tune_report
         assert folder_paths.get_full_path("loras", LORA) == str(lora_path)
         assert "img3.png: rejected in the review list" in tune_report and "strip.png" in tune_report
@@ -74,3 +78,64 @@ def test_curate_then_tune_then_lora_loader(comfy_inprocess, standins, folder):
     finally:
         torch.set_num_threads(threads)
         lora_path.unlink(missing_ok=True)
+
+
+CURATE = dict(min_side=32, min_aspect=0.5, max_aspect=2.0, remove_duplicates=False, duplicate_distance=6)
+
+
+@pytest.fixture(scope="module")
+def clip_vision(comfy_inprocess, standins):
+    """The stand-in CLIP ViT-H/14 through ComfyUI's stock Load CLIP Vision."""
+    return comfy_inprocess.nodes.NODE_CLASS_MAPPINGS["CLIPVisionLoader"]().load_clip(standins["clip_vision"])[0]
+
+
+def test_aesthetic_filter_scores_with_the_clip_vision_model_from_load_clip_vision(comfy_inprocess, clip_vision,
+                                                                                  folder, tmp_path):
+    from safetensors.torch import save_file
+
+    curate, _tune = emu_nodes(comfy_inprocess)
+    g = torch.Generator().manual_seed(5)  # a LAION-layout head (layers.<i>) on the stand-in's 1024-d embeddings
+    head = {"layers.0.weight": torch.randn(16, 1024, generator=g), "layers.0.bias": torch.randn(16, generator=g),
+            "layers.2.weight": torch.randn(1, 16, generator=g) * 0.1, "layers.2.bias": torch.full((1,), 5.0)}
+    save_file(head, tmp_path / "aesthetic.safetensors")
+    names = ["img1.png", "img2.png"]
+    for extra in set(p.name for p in folder.glob("*.png")) - set(names):
+        (folder / extra).unlink()
+    scores = {}
+    for name in names:  # the head's arithmetic, written out: Linear, Linear on the L2-normalised embedding
+        pixels = torch.from_numpy(np.asarray(Image.open(folder / name).convert("RGB"), dtype=np.float32) / 255)[None]
+        with torch.no_grad():
+            e = torch.nn.functional.normalize(clip_vision.encode_image(pixels)["image_embeds"].float(), dim=-1)
+        hidden = e @ head["layers.0.weight"].T + head["layers.0.bias"]
+        scores[name] = float(hidden @ head["layers.2.weight"].T + head["layers.2.bias"])
+    low, high = sorted(names, key=scores.get)
+    assert scores[high] - scores[low] > 1e-3
+    threshold = (scores[low] + scores[high]) / 2
+    with torch.inference_mode():
+        report = curate.execute(folder=str(folder), **CURATE, clip_vision=clip_vision,
+                                aesthetic_predictor=str(tmp_path / "aesthetic.safetensors"),
+                                aesthetic_min=threshold).result[0]
+    assert "2 images, 1 kept, 1 removed" in report and "aesthetic: removed 1\n" in report
+    reported = re.search(rf"\n  {low}: aesthetic score (\S+) < {threshold:g}\n", report)
+    assert reported and float(reported.group(1)) == pytest.approx(scores[low], rel=1e-3)
+
+
+def test_clip_filter_with_a_mismatched_pair_is_one_clear_error(comfy_inprocess, standins, clip_vision, folder):
+    """ViT-H vision (1024-d) with SD1.5's CLIP-L text encoder (768-d): no shared space, and the error says so
+    once, from the scorer deep inside the curation, with the node's name in front exactly once."""
+    curate, _tune = emu_nodes(comfy_inprocess)
+    clip = comfy_inprocess.nodes.NODE_CLASS_MAPPINGS["CheckpointLoaderSimple"]().load_checkpoint(
+        standins["checkpoints"])[1]
+    with torch.inference_mode(), pytest.raises(ValueError) as error:
+        curate.execute(folder=str(folder), **CURATE, clip_vision=clip_vision, clip=clip, clip_min=0.2)
+    message = str(error.value)
+    assert message.startswith("[Emu Curate Folder] the CLIP text encoder gives 768-d embeddings but the CLIP "
+                              "vision model 1024-d") and message.count("Emu Curate Folder") == 1
+
+
+@pytest.mark.parametrize("name, value", [("min_aspect", float("nan")), ("clip_min", float("inf")),
+                                         ("max_aspect", 1000.0)])
+def test_a_number_that_is_nan_infinite_or_out_of_range_names_the_input(comfy_inprocess, folder, name, value):
+    curate, _tune = emu_nodes(comfy_inprocess)
+    with pytest.raises(ValueError, match=rf"^\[Emu Curate Folder\] {name} is {value:g}: give a number from"):
+        curate.execute(folder=str(folder), **{**CURATE, name: value})

@@ -11,16 +11,18 @@ def test_train_node_writes_a_module_the_loader_reads(comfy_inprocess, standins, 
     dataset = face_dataset(tmp_path / "faces")
     model, _clip, vae = m["CheckpointLoaderSimple"]().load_checkpoint(standins["checkpoints"])[:3]
     before = {k: v.clone() for k, v in list(model.model.state_dict().items())[:8]}
-    ella = m["EMMALoadELLA"].execute(standins["ella"]).result[0]
-    t5 = m["EMMALoadT5"].execute(standins["text_encoders"], "auto").result[0]
+    ella = m["EMMALoadELLA"].execute(ella_name=standins["ella"]).result[0]
+    t5 = m["EMMALoadT5"].execute(t5_name=standins["text_encoders"], precision="auto").result[0]
     with torch.inference_mode():  # as ComfyUI's executor runs nodes
         name, curve = m["EMMATrainModule"].execute(
-            model, vae, ella, t5, str(dataset), "face", "node-trained-face", 2, 1, 1e-4, 64, 0.25, 2, 0, 1, 0,
-            False, "flexible", None, "antelopev2").result
+            model=model, vae=vae, ella=ella, t5=t5, dataset_path=str(dataset), modality="face",
+            module_name="node-trained-face", steps=2, batch_size=1, learning_rate=1e-4, resolution=64,
+            validation_split=0.25, validate_every=2, early_stopping_patience=0, checkpoint_every=1, seed=0,
+            resume=False, text_length="flexible", clip_vision=None, face_pack="antelopev2").result
     assert name == "node-trained-face.safetensors"
     assert (tmp_path / "emma" / name).exists()
     assert curve.ndim == 4 and curve.shape[-1] == 3 and curve.shape[1] > 50  # the loss curve as an IMAGE
-    module = m["EMMALoadModule"].execute(name).result[0]
+    module = m["EMMALoadModule"].execute(module_name=name).result[0]
     assert module.module.config.modality == "face"
     assert module.module.metadata()["training_steps"] == "2"
     for key, value in before.items():  # the user's MODEL still computes what it did

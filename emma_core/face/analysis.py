@@ -1,211 +1,36 @@
-"""Face features for EMMA's face modules: insightface ArcFace 512-d normed embeddings (antelopev2 / buffalo_l).
-
-    from emma_core.face import FaceAnalyzer, embed_faces, aligned_crop
+"""Face analysis: insightface ArcFace 512-d normed embeddings (antelopev2 / buffalo_l) on a checked pack.
 
     analyzer = FaceAnalyzer(root="models/insightface", name="antelopev2")     # checks the folder first
     face = analyzer.analyze(rgb_uint8)                  # largest face; index=i picks left-to-right
     ref = embed_faces([img1, img2], analyzer)           # mean of normed embeddings, re-normalised
     crop = aligned_crop(rgb_uint8, face, size=224)      # ArcFace-aligned crop for portrait features
-    # identities are saved with emma_core.features_file (the one features format of the pack)
 
-What this module guarantees (notes/users.md, complaints 1-4):
-- The pack folder is checked before insightface runs: missing root, missing pack (with the packs that do
-  exist), the antelopev2 "unzipped one level too deep" layout, an empty folder and a pack without a
-  detector or recognizer are each a FaceError that names the folder and the fix. insightface is handed the
-  absolute pack folder, so it never tries to download and never raises its bare AssertionError.
-- onnxruntime providers are always explicit; CUDA is used only when a probe session really runs on it.
-
-No ComfyUI imports; numpy + insightface (+ onnxruntime, onnx, opencv, which insightface depends on).
-torch is imported only where a torch tensor is handed in or asked for.
+insightface is handed the absolute pack folder (pack.check_pack), so it never tries to download and never
+raises its bare AssertionError. torch is imported only where a torch tensor is handed in or asked for.
 """
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import threading
 import warnings
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-log = logging.getLogger(__name__)
+from .pack import KNOWN_PACKS, FaceError, check_pack, onnx_files
+from .providers import CUDA, choose_providers
 
 EMBED_DIM = 512
 DEFAULT_DET_SIZE = (640, 640)
 DEFAULT_DET_THRESH = 0.5
-FEATURE_KIND = "insightface-arcface-normed"
-
-# The released packs (models are routed by ONNX shape, so only the detector + recognizer matter to us).
-KNOWN_PACKS = {
-    "antelopev2": {"detector": "scrfd_10g_bnkps.onnx", "recognizer": "glintr100.onnx",
-                   "files": ("1k3d68.onnx", "2d106det.onnx", "genderage.onnx", "glintr100.onnx",
-                             "scrfd_10g_bnkps.onnx")},
-    "buffalo_l": {"detector": "det_10g.onnx", "recognizer": "w600k_r50.onnx",
-                  "files": ("1k3d68.onnx", "2d106det.onnx", "det_10g.onnx", "genderage.onnx",
-                            "w600k_r50.onnx")},
-}
 
 
-class FaceError(ValueError):
-    """A face-feature problem the user can fix: model folder layout, no face found, bad feature file."""
-
-
-# ---------------------------------------------------------------------------------------------------------
-# model folder
-
-
-def _onnx_files(folder: Path) -> list[Path]:
-    try:
-        return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() == ".onnx")
-    except OSError:
-        return []
-
-
-def _expected_files(name: str) -> str:
-    pack = KNOWN_PACKS.get(name)
-    if pack is None:
-        return "the pack's .onnx files (a face detector and an ArcFace recognizer)"
-    return ", ".join(pack["files"])
-
-
-def _existing_packs(models_dir: Path) -> list[str]:
-    if not models_dir.is_dir():
-        return []
-    found = []
-    for sub in sorted(p for p in models_dir.iterdir() if p.is_dir()):
-        if _onnx_files(sub):
-            found.append(sub.name)
-        elif any(_onnx_files(inner) for inner in sub.iterdir() if inner.is_dir()):
-            found.append(f"{sub.name} (nested one folder too deep)")
-    return found
-
-
-def check_pack(root: str | os.PathLike, name: str) -> Path:
-    """The pack folder `<root>/models/<name>/` with .onnx files directly inside, or a FaceError saying why not.
-
-    insightface's FaceAnalysis(name=, root=) reads exactly that folder (and downloads it when missing, which
-    fails offline with a ConnectionError, or raises a bare AssertionError when the folder is empty/nested).
-    """
-    if not name or any(sep in str(name) for sep in ("/", "\\")) or name in (".", ".."):
-        raise FaceError(f"invalid face model pack name {name!r}: use a folder name such as 'antelopev2' or "
-                        "'buffalo_l'")
-    root = Path(os.path.expanduser(str(root)))
-    models_dir = root / "models"
-    pack = models_dir / name
-    how = (f"download the {name} pack and unzip it so that the .onnx files ({_expected_files(name)}) lie "
-           f"directly in {pack}{os.sep}")
-    if not root.is_dir():
-        raise FaceError(f"insightface model folder {root} does not exist: create it, then {how}")
-    if not pack.is_dir():
-        zipped = [p for p in (models_dir / f"{name}.zip", root / f"{name}.zip") if p.is_file()]
-        if zipped:
-            raise FaceError(f"face model pack {name!r} is still zipped ({zipped[0]}): unzip it so that the "
-                            f".onnx files lie directly in {pack}{os.sep}")
-        loose = _onnx_files(models_dir) + _onnx_files(root)
-        existing = _existing_packs(models_dir)
-        msg = f"face model pack {name!r} not found: no folder {pack}. "
-        if existing:
-            msg += f"Packs found in {models_dir}: {', '.join(existing)}. "
-        else:
-            msg += f"No packs found in {models_dir}. "
-        if loose:
-            msg += (f"Loose .onnx files ({', '.join(p.name for p in loose[:6])}) lie in {loose[0].parent}: "
-                    f"move them into {pack}{os.sep}. ")
-        raise FaceError(msg + f"To fix: {how}.")
-    files = _onnx_files(pack)
-    if files:
-        return pack
-    # Nothing directly inside: the usual cause is an unzip that created <name>/<name>/.
-    nested = []
-    try:
-        subs = sorted(p for p in pack.iterdir() if p.is_dir())
-    except OSError:
-        subs = []
-    for sub in subs:
-        if _onnx_files(sub):
-            nested.append(sub)
-        else:
-            nested += [inner for inner in sorted(sub.iterdir()) if inner.is_dir() and _onnx_files(inner)]
-    if nested:
-        src = next((p for p in nested if p.name == name), nested[0])
-        moved = ", ".join(p.name for p in _onnx_files(src))
-        raise FaceError(f"face model pack {name!r} is nested one folder too deep: the .onnx files are in "
-                        f"{src}{os.sep} but insightface reads {pack}{os.sep}. Move {moved} from {src}{os.sep} "
-                        f"to {pack}{os.sep}, then delete the emptied folder {src}{os.sep}.")
-    zipped = sorted(pack.glob("*.zip"))
-    if zipped:
-        raise FaceError(f"face model folder {pack} holds {zipped[0].name} but no .onnx files: unzip it so that "
-                        f"the .onnx files lie directly in {pack}{os.sep}")
-    raise FaceError(f"face model folder {pack} has no .onnx files (it is empty or holds only other files): {how}")
-
-
-# ---------------------------------------------------------------------------------------------------------
-# onnxruntime providers
-
-_CPU = "CPUExecutionProvider"
-_CUDA = "CUDAExecutionProvider"
-
-
-@lru_cache(maxsize=1)
-def _cuda_probe() -> tuple[bool, str]:
-    """(True, "") when a tiny session really runs on CUDA, else (False, the reason). Cached per process."""
-    try:
-        import onnxruntime as ort
-    except Exception as error:  # noqa: BLE001 - any import failure means "no CUDA" here
-        return False, f"onnxruntime cannot be imported ({error})"
-    available = list(ort.get_available_providers())
-    if _CUDA not in available:
-        return False, (f"this onnxruntime build offers {available} (the CPU package 'onnxruntime'; for the GPU "
-                       "install 'onnxruntime-gpu' INSTEAD of it - never both)")
-    try:
-        from onnx import TensorProto, helper
-
-        graph = helper.make_graph(
-            [helper.make_node("Add", ["x", "x"], ["y"])], "probe",
-            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
-            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-        model.ir_version = 8
-        preload = getattr(ort, "preload_dlls", None)  # finds pip-installed CUDA/cuDNN (ORT >= 1.21)
-        if callable(preload):
-            with contextlib.suppress(Exception):
-                preload()
-        session = ort.InferenceSession(model.SerializeToString(), providers=[_CUDA, _CPU])
-        if _CUDA not in session.get_providers():
-            return False, ("onnxruntime lists CUDAExecutionProvider but could not start it (CUDA/cuDNN "
-                           "libraries missing or of the wrong version for this onnxruntime-gpu)")
-        out = session.run(None, {"x": np.ones((1, 4), np.float32)})[0]
-        if not np.allclose(out, 2.0):
-            return False, "a CUDA probe session returned wrong values"
-    except Exception as error:  # noqa: BLE001 - any failure means fall back to CPU
-        return False, f"a CUDA probe session failed: {type(error).__name__}: {error}"
-    return True, ""
-
-
-def choose_providers(preferred: str = "auto") -> list[str]:
-    """Explicit onnxruntime providers: ["CUDAExecutionProvider", "CPUExecutionProvider"] only when CUDA really
-    runs, else ["CPUExecutionProvider"]. preferred: "auto", "cuda" or "cpu"."""
-    choice = str(preferred).strip().lower()
-    if choice not in ("auto", "cuda", "cpu"):
-        raise FaceError(f"unknown onnxruntime provider choice {preferred!r}: use 'auto', 'cuda' or 'cpu'")
-    if choice == "cpu":
-        return [_CPU]
-    ok, reason = _cuda_probe()
-    if ok:
-        return [_CUDA, _CPU]
-    if choice == "cuda" or "could not start" in reason or "probe" in reason:
-        log.warning("face analysis runs on the CPU: %s", reason)
-    else:
-        log.info("face analysis runs on the CPU: %s", reason)
-    return [_CPU]
-
-
-# ---------------------------------------------------------------------------------------------------------
-# results
+def encoder_name(pack: str) -> str:
+    """What made a face identity, as features and EMMA module files record it."""
+    return f"InsightFace {pack} ArcFace"
 
 
 @dataclass(frozen=True, eq=False)
@@ -354,7 +179,7 @@ class FaceAnalyzer:
 
         from insightface.app import FaceAnalysis
 
-        files = ", ".join(p.name for p in _onnx_files(self.pack_dir))
+        files = ", ".join(p.name for p in onnx_files(self.pack_dir))
         try:
             # name = the absolute pack folder: insightface reads it as is (no root lookup, no download).
             app = FaceAnalysis(name=str(self.pack_dir), root=str(self.root), providers=self.providers,
@@ -374,7 +199,7 @@ class FaceAnalyzer:
             raise FaceError(f"face model folder {self.pack_dir} has no face recognition model (files: {files}); "
                             f"it needs {rec} from the {name} pack: re-download and unzip the whole pack into "
                             f"{self.pack_dir}{os.sep}")
-        ctx_id = 0 if _CUDA in self.providers else -1
+        ctx_id = 0 if CUDA in self.providers else -1
         app.prepare(ctx_id=ctx_id, det_thresh=self.det_thresh, det_size=self.det_size)
         self.app = app
 

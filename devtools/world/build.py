@@ -1,0 +1,325 @@
+"""Build the world end to end, cached and resumable: models, modules, measurements, docs.
+
+    python -m devtools.world build                   # the full schedule (docs/world.md); hours on 2 cores
+    python -m devtools.world build --schedule ci     # the reduced one CI runs (minutes)
+    python -m devtools.world build --until base      # stop after a stage
+    python -m devtools.world build --only codec      # one stage (codec and base are independent: two
+                                                     # processes with --threads 1 can run them side by side)
+
+Stages (each skipped when its output exists; the training stages resume from their last checkpoint):
+  t5       the stand-in flan-T5 encoder file (frozen, random: the world's text features)
+  codec    the VAE: fixed encoder, decoder trained on world pictures -> models/vae_approx/taesd_*.safetensors
+  base     UNet + ELLA pre-training on captioned pictures -> runs/base/unet.safetensors, models/ella
+  checkpoint  the UNet and the VAE as one SD1.5 checkpoint -> models/checkpoints
+  object   the object module, trained by scripts/train_emma.py (the pack's trainer) -> models/emma
+  style    the style module, likewise
+  eval     sampling through ComfyUI, reading, the report -> <out>/ (docs/world for the full schedule)
+
+Everything lives under .cache/world/<schedule>/ (git-ignored): models/ (a ComfyUI models folder), runs/,
+data/, eval/. Weights are never committed; the report, the grids and the plots are.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from devtools.host import DEFAULT_CACHE, REPO_ROOT
+
+from . import scene as world
+
+log = logging.getLogger("world")
+STAGES = ("t5", "codec", "base", "checkpoint", "object", "style", "eval")
+CHECKPOINT = "emma-world-sd15.safetensors"
+ELLA_FILE = "emma-world-ella.safetensors"
+T5_FILE = "emma-world-flan-t5-standin.safetensors"
+OBJECT_MODULE = "emma-world-object.safetensors"
+STYLE_MODULE = "emma-world-style.safetensors"
+
+
+@dataclass(frozen=True)
+class Schedule:
+    name: str
+    decoder_steps: int
+    base_pictures: int
+    base_steps: int
+    module_pictures: int
+    module_steps: int
+    module_lr: float
+    rows: tuple = ("text only, full caption", "text naming only the shape", "+ object module", "+ style module",
+                   "+ both, trained apart, assembled")
+    n_per_row: int = 200
+    n_unseen: int = 120
+    n_sweep: int = 60
+    n_range: int = 100
+    batch: int = 16
+    base_lr: float = 3e-4
+    preview_every: int = 250
+    validate_every: int = 250
+    out: str = "docs/world"        # relative to the repository; "" = <root>/report
+    size: int = world.SIZE
+
+
+SCHEDULES = {
+    "full": Schedule("full", decoder_steps=800, base_pictures=8000, base_steps=1000, module_pictures=3000,
+                     module_steps=400, module_lr=3e-4, n_unseen=100, n_sweep=40, n_range=60),
+    "ci": Schedule("ci", decoder_steps=0, base_pictures=1200, base_steps=300, module_pictures=400,
+                   module_steps=150, module_lr=1e-3, rows=("text naming only the shape", "+ object module"),
+                   n_per_row=60, n_unseen=0, n_sweep=0, n_range=0, preview_every=0, validate_every=0,
+                   out="", size=32),
+}
+
+
+@dataclass
+class World:
+    schedule: Schedule
+    root: Path
+    timings: dict = field(default_factory=dict)
+
+    @property
+    def models(self) -> Path:
+        return self.root / "models"
+
+    @property
+    def runs(self) -> Path:
+        return self.root / "runs"
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    def path(self, folder: str, name: str) -> Path:
+        return self.models / folder / name
+
+
+# ---- stages ------------------------------------------------------------------------------------------------
+def stage_t5(w: World) -> None:
+    from devtools.standins import build_t5
+
+    target = w.path("text_encoders", T5_FILE)
+    if not target.is_file():
+        build_t5(target)
+
+
+def stage_codec(w: World) -> None:
+    import torch
+
+    from . import codec
+
+    encoder_file = w.path("vae_approx", "taesd_encoder.safetensors")
+    decoder_file = w.path("vae_approx", "taesd_decoder.safetensors")
+    if encoder_file.is_file() and decoder_file.is_file():
+        return
+    encoder, decoder = codec.fixed_encoder(), codec.initial_decoder()
+    optimizer = codec.decoder_optimizer(decoder)
+    state_file = w.runs / "codec" / "state.pt"
+    start = 0
+    if state_file.is_file():
+        state = torch.load(state_file, weights_only=True)
+        decoder.load_state_dict(state["decoder"])
+        optimizer.load_state_dict(state["optimizer"])
+        start = state["step"]
+        log.info("codec: resuming the decoder at step %d", start)
+
+    def pictures(step, batch):
+        return np.stack([world.render(s, w.schedule.size) for s in world.scenes(f"decoder/{step}", batch, world.SEEN)])
+
+    def checkpoint(step):
+        state_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = state_file.with_suffix(".tmp")
+        torch.save({"decoder": decoder.state_dict(), "optimizer": optimizer.state_dict(), "step": step}, tmp)
+        os.replace(tmp, state_file)
+
+    if w.schedule.decoder_steps > start:
+        codec.train_decoder(decoder, encoder, pictures, w.schedule.decoder_steps, optimizer, start_step=start,
+                            log=lambda text: log.info("codec: %s", text), checkpoint=checkpoint)
+    codec.save_taesd(encoder, decoder.eval(), w.models / "vae_approx")
+
+
+def stage_base(w: World) -> None:
+    import torch
+
+    from emma_core.atomic import save_safetensors_atomic
+    from emma_core.ella_file import save_ella
+    from emma_core.train.loop import TrainConfig, train
+
+    from . import base
+
+    unet_file, ella_file = w.runs / "base" / "unet.safetensors", w.path("ella", ELLA_FILE)
+    if unet_file.is_file() and ella_file.is_file():
+        return
+    data = base_data(w)
+    unet, ella = base.build_unet(), base.build_ella()
+    task = base.BaseTask(unet, ella, data.empty_text)
+    s = w.schedule
+    config = TrainConfig(steps=s.base_steps, batch_size=1, lr=s.base_lr, weight_decay=0.01, warmup_iters=100,
+                         decay_to=0.1, checkpoint_every=100, log_every=25, seed=0, val_every=0)
+
+    def on_step(step, total, record):
+        if step % 25 == 0:
+            log.info("base: step %d/%d loss %.4f", step, total, record["loss"])
+
+    train(task, data, config, w.runs / "base", on_step=on_step)
+    save_safetensors_atomic(unet_file, {k: v.half() for k, v in unet.state_dict().items()})
+    save_ella(ella, str(ella_file), dtype=torch.float16,
+              extra={"world": f"connector pre-trained with the world's UNet ({s.name} schedule, {s.base_steps} steps)"})
+
+
+def stage_checkpoint(w: World) -> None:
+    """The SD1.5 single-file checkpoint: the pre-trained UNet and the VAE (fixed encoder, trained decoder)."""
+    from safetensors.torch import load_file
+
+    from emma_core.atomic import save_safetensors_atomic
+
+    from . import base, codec
+
+    target = w.path("checkpoints", CHECKPOINT)
+    if target.is_file():
+        return
+    unet = base.build_unet()
+    unet.load_state_dict({k: v.float() for k, v in load_file(str(w.runs / "base" / "unet.safetensors")).items()})
+    tensors = base.checkpoint_tensors(unet, codec.checkpoint_vae_tensors(codec.fixed_encoder(), load_decoder(w)))
+    save_safetensors_atomic(target, tensors, {"world": json.dumps({"schedule": w.schedule.name,
+                                                                   "base_steps": w.schedule.base_steps,
+                                                                   "decoder_steps": w.schedule.decoder_steps})})
+
+
+def load_decoder(w: World):
+    import torch
+    from safetensors.torch import load_file
+
+    from . import codec
+
+    decoder = codec.initial_decoder()
+    path = w.path("vae_approx", "taesd_decoder.safetensors")
+    if path.is_file():
+        decoder.load_state_dict(load_file(str(path)))
+    return decoder.eval().requires_grad_(False).to(torch.float32)
+
+
+def t5_encoder(w: World):
+    from emma_core.t5 import T5TextEncoder, load_t5_encoder, load_tokenizer
+    import torch
+
+    from devtools.host import provision
+
+    tokenizer = load_tokenizer(str(provision() / "comfy" / "text_encoders" / "t5_tokenizer"))
+    return T5TextEncoder(load_t5_encoder(str(w.path("text_encoders", T5_FILE)), dtype=torch.float32), tokenizer)
+
+
+def base_data(w: World):
+    """The pre-training pictures' latents and their captions' T5 features, cached in data/base.safetensors."""
+    import torch
+    from safetensors.torch import load_file
+
+    from emma_core.atomic import save_safetensors_atomic
+
+    from . import base, codec
+
+    path = w.data / "base.safetensors"
+    if not path.is_file():
+        scenes = list(world.scenes("pretrain", w.schedule.base_pictures, world.SEEN))
+        encoder = codec.fixed_encoder()
+        latents = []
+        for start in range(0, len(scenes), 256):
+            pictures = torch.from_numpy(np.stack([world.render(s, w.schedule.size) for s in scenes[start:start + 256]]))
+            latents.append(codec.encode(encoder, pictures))
+        t5 = t5_encoder(w)
+        captions = [world.pretraining_caption(s) for s in scenes]
+        unique = sorted(set(captions))
+        tensors = {"latents": torch.cat(latents), "empty": t5.encode("", None).float(),
+                   "caption_index": torch.tensor([unique.index(c) for c in captions])}
+        for j, c in enumerate(unique):
+            tensors[f"caption.{j}"] = t5.encode(c, None).float()
+        save_safetensors_atomic(path, tensors, {"captions": json.dumps(unique)})
+    tensors = load_file(str(path))
+    texts = [tensors[f"caption.{j}"] for j in tensors["caption_index"].tolist()]
+    batches = base.length_batches([t.shape[0] for t in texts], w.schedule.batch, seed=0)
+    return base.BatchDataset(tensors["latents"], texts, batches, tensors["empty"])
+
+
+def stage_module(w: World, kind: str) -> None:
+    from . import modules
+
+    target = w.path("emma", OBJECT_MODULE if kind == "object" else STYLE_MODULE)
+    if target.is_file():
+        return
+    folder = modules.write_dataset(w.data / f"{kind}-dataset", kind, w.schedule.module_pictures, w.schedule.size)
+    s = w.schedule
+    cmd = [sys.executable, str(REPO_ROOT / "scripts" / "train_emma.py"),
+           "--checkpoint", str(w.path("checkpoints", CHECKPOINT)), "--ella", str(w.path("ella", ELLA_FILE)),
+           "--t5", str(w.path("text_encoders", T5_FILE)), "--dataset", str(folder), "--modality", kind,
+           "--out", str(target), "--run-dir", str(w.runs / kind), "--cache-root", str(w.data / f"{kind}-cache"),
+           "--resolution", str(s.size), "--text-length", "flexible", "--steps", str(s.module_steps),
+           "--batch-size", str(s.batch), "--lr", str(s.module_lr), "--warmup-iters", "50", "--decay-to", "0.1",
+           "--val-fraction", "0.05" if s.validate_every else "0", "--val-every", str(s.validate_every),
+           "--checkpoint-every", "100", "--log-every", "25", "--preview-every", str(s.preview_every),
+           "--preview-steps", "15", "--cpu"]
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+    log.info("%s module: %s", kind, " ".join(cmd[1:]))
+    subprocess.run(cmd, check=True, env=env, cwd=REPO_ROOT)
+
+
+def stage_eval(w: World) -> None:
+    from . import report
+
+    report.run(w)
+
+
+def run(schedule, until: str | None = None, root: Path | None = None, only: str | None = None) -> World:
+    """Build `schedule` (a name of SCHEDULES or a Schedule) under `root` (default .cache/world/<name>)."""
+    s = SCHEDULES[schedule] if isinstance(schedule, str) else schedule
+    w = World(s, Path(root or DEFAULT_CACHE / "world" / s.name).resolve())
+    from devtools.host import ensure_model_folders, import_comfy
+
+    ensure_model_folders(w.models)
+    import_comfy(builtin_nodes=False)
+    for stage in STAGES:
+        if only is not None and stage != only:
+            continue
+        t0 = time.perf_counter()
+        log.info("stage %s", stage)
+        if stage == "t5":
+            stage_t5(w)
+        elif stage == "codec":
+            stage_codec(w)
+        elif stage == "base":
+            stage_base(w)
+        elif stage == "checkpoint":
+            stage_checkpoint(w)
+        elif stage in ("object", "style"):
+            stage_module(w, stage)
+        else:
+            stage_eval(w)
+        w.timings[stage] = round(time.perf_counter() - t0, 1)
+        log.info("stage %s done in %.0f s", stage, w.timings[stage])
+        if stage == until:
+            break
+    return w
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m devtools.world", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    b = sub.add_parser("build")
+    b.add_argument("--schedule", choices=sorted(SCHEDULES), default="full")
+    b.add_argument("--until", choices=STAGES)
+    b.add_argument("--root", type=Path)
+    b.add_argument("--only", choices=STAGES, help="run this stage alone")
+    b.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    run(args.schedule, args.until, args.root, args.only)
+    return 0
