@@ -26,7 +26,7 @@ import comfy.model_management
 import comfy.patcher_extension
 import torch
 
-from emma_core.prompt import schedule_contexts
+from ..emma_core.prompt import schedule_contexts
 
 from .contexts import schedule_key
 from .handles import release_t5_encoders
