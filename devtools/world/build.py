@@ -113,6 +113,8 @@ def stage_t5(w: World) -> None:
 def stage_codec(w: World) -> None:
     import torch
 
+    from emma_core.atomic import write_atomic
+
     from . import codec
 
     encoder_file = w.path("vae_approx", "taesd_encoder.safetensors")
@@ -134,10 +136,8 @@ def stage_codec(w: World) -> None:
         return np.stack([world.render(s, w.schedule.size) for s in world.scenes(f"decoder/{step}", batch, world.SEEN)])
 
     def checkpoint(step):
-        state_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = state_file.with_suffix(".tmp")
-        torch.save({"decoder": decoder.state_dict(), "optimizer": optimizer.state_dict(), "step": step}, tmp)
-        os.replace(tmp, state_file)
+        write_atomic(state_file, lambda handle: torch.save(
+            {"decoder": decoder.state_dict(), "optimizer": optimizer.state_dict(), "step": step}, handle))
 
     if w.schedule.decoder_steps > start:
         codec.train_decoder(decoder, encoder, pictures, w.schedule.decoder_steps, optimizer, start_step=start,
