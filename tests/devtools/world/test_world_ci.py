@@ -55,8 +55,8 @@ def test_the_world_workflow_gives_the_core_paths_picture(world, comfy_dir):
         graph = ui_to_api(load_ui_workflow(REPO / "workflows" / "emma_world_assembled.json"), server.object_info())
         assert "EMMAApplyToModel" not in {n["class_type"] for n in graph.values()}  # the conditioning's own hook
         images = server.output_images(server.run(graph, timeout=600))
-    assert len(images) == 1
-    served = np.asarray(Image.open(images[0]).convert("RGB"))
+        assert len(images) == 1
+        served = np.asarray(Image.open(images[0]).convert("RGB"))  # the server's folders go when it stops
     core = np.asarray(Image.open(root / "report" / "workflow-picture.png").convert("RGB"))
     assert served.shape == core.shape == (64, 64, 3)
     assert np.array_equal(served, core)
