@@ -14,12 +14,14 @@ def test_train_node_writes_a_module_the_loader_reads(comfy_inprocess, standins, 
     ella = m["EMMALoadELLA"].execute(ella_name=standins["ella"]).result[0]
     t5 = m["EMMALoadT5"].execute(t5_name=standins["text_encoders"], precision="auto").result[0]
     with torch.inference_mode():  # as ComfyUI's executor runs nodes
-        name, curve = m["EMMATrainModule"].execute(
+        name, curve, preview = m["EMMATrainModule"].execute(
             model=model, vae=vae, ella=ella, t5=t5, dataset_path=str(dataset), modality="face",
             module_name="node-trained-face", steps=2, batch_size=1, learning_rate=1e-4, resolution=64,
             validation_split=0.25, validate_every=2, early_stopping_patience=0, checkpoint_every=1, seed=0,
-            resume=False, text_length="flexible", clip_vision=None, face_pack="antelopev2").result
+            resume=False, text_length="flexible", clip_vision=None, face_pack="antelopev2", preview_every=2).result
     assert name == "node-trained-face.safetensors"
+    # the preview grid of step 2 (references, then samples from the module being trained), as an IMAGE
+    assert preview.ndim == 4 and preview.shape[-1] == 3 and preview.shape[1] > 64 and float(preview.std()) > 0
     assert (tmp_path / "emma" / name).exists()
     assert curve.ndim == 4 and curve.shape[-1] == 3 and curve.shape[1] > 50  # the loss curve as an IMAGE
     module = m["EMMALoadModule"].execute(module_name=name).result[0]
