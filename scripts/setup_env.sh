@@ -17,6 +17,7 @@
 #                torchaudio==2.11.0": ComfyUI 0.33 imports torchaudio, which has no build for torch 2.14)
 #   EMMA_COMFYUI_DIR  default lane only: use an existing ComfyUI tree instead of provisioning 0.3.75
 #   EMMA_HOSTS_DIR    the folder holding comfyui-v0.33.0.tar.xz (default: shared/hosts beside the clone)
+#   EMMA_PIP_CACHE=1  let pip keep its wheel cache (default: off, the venvs hold the only copy)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,6 +30,10 @@ esac
 case "$lane" in default|comfy033|all) ;; *) echo "setup_env: unknown lane $lane" >&2; exit 2 ;; esac
 
 PYTHON="${PYTHON:-python3}"
+# Each venv is installed once (stamps below), so pip's wheel cache would only hold a second copy of torch and
+# its CUDA libraries (GBs) on the disk the tests need. EMMA_PIP_CACHE=1 keeps pip's cache in use (pip reads any
+# value of PIP_NO_CACHE_DIR, even 0, as "no cache", so it is only set when wanted).
+if [ "${EMMA_PIP_CACHE:-0}" != 1 ]; then export PIP_NO_CACHE_DIR=1; fi
 # The extra frontend the browser test also runs the workflows in (second lane).
 EXTRA_FRONTEND=1.58.1
 

@@ -46,9 +46,16 @@ closing_line() {
     closing="${line:-no pytest summary line}"
 }
 
+# disk_free: what is left on the disks the suite writes to (the repo's .cache and the temp folder); a full
+# disk once failed a CI run half-way, so every summary line says how much room the lane left.
+disk_free() {
+    echo "$(df -Ph . | awk 'NR==2 {print $4}') free here, $(df -Ph "${TMPDIR:-/tmp}" | awk 'NR==2 {print $4}') in ${TMPDIR:-/tmp}"
+}
+
+echo "test.sh: before setup: $(disk_free)"
 t_setup=$SECONDS
 bash scripts/setup_env.sh --lane "$lane"
-summary=("setup: $((SECONDS - t_setup)) s")
+summary=("setup: $((SECONDS - t_setup)) s; $(disk_free)")
 status=0
 
 if [ "$lane" = default ] || [ "$lane" = all ]; then
@@ -56,7 +63,7 @@ if [ "$lane" = default ] || [ "$lane" = all ]; then
     rc=0
     run_pytest default .venv/bin/python "$@" || rc=$?
     closing_line default
-    summary+=("lane default (ComfyUI 0.3.75): $closing [exit $rc, $((SECONDS - t0)) s]")
+    summary+=("lane default (ComfyUI 0.3.75): $closing [exit $rc, $((SECONDS - t0)) s]; after it: $(disk_free)")
     if [ "$rc" != 0 ]; then status=1; fi
 fi
 
@@ -71,7 +78,7 @@ if [ "$lane" = comfy033 ] || [ "$lane" = all ]; then
         summary+=("lane comfy033 (ComfyUI 0.33.0): the arguments select no host-facing test")
     else
         closing_line comfy033
-        summary+=("lane comfy033 (ComfyUI 0.33.0): $closing [exit $rc, $((SECONDS - t0)) s]")
+        summary+=("lane comfy033 (ComfyUI 0.33.0): $closing [exit $rc, $((SECONDS - t0)) s]; after it: $(disk_free)")
         if [ "$rc" != 0 ]; then status=1; fi
     fi
 fi

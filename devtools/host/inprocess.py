@@ -8,8 +8,10 @@ this module adds the test host's defaults: the provisioned tree, the CPU, comfy_
 """
 from __future__ import annotations
 
+import atexit
 import collections
 import os
+import shutil
 import sys
 import tempfile
 import uuid
@@ -53,6 +55,10 @@ def register_model_folders(models_root: os.PathLike, cache_dir: Optional[os.Path
         return _INPROC["workdir"]
     ensure_model_folders(models_root)
     tmp = Path(tempfile.mkdtemp(prefix="emma-inproc-"))
+    # Outputs here include trainer checkpoints (hundreds of MB each): left behind by every test process they
+    # once filled a CI disk. EMMA_KEEP_COMFY_WORKDIR=1 keeps them for a post-mortem, as for the server.
+    if not os.environ.get("EMMA_KEEP_COMFY_WORKDIR"):
+        atexit.register(shutil.rmtree, tmp, ignore_errors=True)
     yaml_path = tmp / "extra_model_paths.yaml"
     yaml_path.write_text(extra_model_paths_yaml(models_root, None))
     mods["utils_extra_config"].load_extra_path_config(str(yaml_path))

@@ -35,7 +35,8 @@ def trained_module(tmp_path_factory, comfy_dir, models_root, standins):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=1500)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
-    return out, result.stdout + result.stderr, work
+    yield out, result.stdout + result.stderr, work
+    shutil.rmtree(work, ignore_errors=True)  # the run folder's checkpoints are GBs
 
 
 def test_two_processes_write_one_valid_module(trained_module):

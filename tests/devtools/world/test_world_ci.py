@@ -5,6 +5,7 @@ regression in the trainer or the assembly fails here; and the shipped world work
 must give the evaluation's own picture for the same seed."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -34,7 +35,9 @@ def world(tmp_path_factory, comfy_dir):
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
     report = json.loads((root / "report" / "report.json").read_text())
     print(f"\nreduced world built and measured in {seconds:.0f} s (log: {log})", file=sys.stderr)
-    return root, report
+    yield root, report
+    if not os.environ.get("EMMA_WORLD_CI_ROOT"):
+        shutil.rmtree(root, ignore_errors=True)  # GBs of models and pictures; the build log stays in .cache/logs
 
 
 def test_colour_follows_the_object_reference_far_above_chance(world):
