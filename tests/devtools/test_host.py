@@ -194,6 +194,24 @@ def test_comfyui_is_imported_as_a_library_in_one_place():
         assert not re.search(r"^\s*(from|import) (comfy|nodes|folder_paths|comfy_api)\b", p.read_text(), re.M), p
 
 
+@pytest.mark.parametrize("keep", [False, True])
+def test_in_process_workdir_goes_when_the_process_ends(tmp_path, comfy_dir, keep):
+    """Trainer checkpoints land in the in-process output folder (GBs); left behind by each test process they
+    once filled a CI disk. EMMA_KEEP_COMFY_WORKDIR=1 keeps the folder for a post-mortem."""
+    code = ("import sys; from devtools.host.inprocess import import_comfy, register_model_folders; "
+            "import_comfy(sys.argv[1]); w = register_model_folders(sys.argv[2]); "
+            "(w / 'output' / 'big.bin').write_bytes(b'x'); print(w)")
+    env = dict(os.environ, TMPDIR=str(tmp_path), PYTHONPATH=str(host.REPO_ROOT))
+    env.pop("EMMA_KEEP_COMFY_WORKDIR", None)
+    if keep:
+        env["EMMA_KEEP_COMFY_WORKDIR"] = "1"
+    out = subprocess.run([sys.executable, "-c", code, str(comfy_dir), str(tmp_path / "models")],
+                         cwd=host.REPO_ROOT, env=env, capture_output=True, text=True, check=True).stdout
+    workdir = Path(out.strip().splitlines()[-1])
+    assert workdir.parent == tmp_path and workdir.name.startswith("emma-inproc-")
+    assert workdir.exists() == keep, out
+
+
 # ------------------------------------------------------------------------------------------- server
 STOCK_NODES = ("CheckpointLoaderSimple", "CLIPTextEncode", "KSampler", "VAEDecode", "VAELoader",
                "ControlNetLoader", "ControlNetApplyAdvanced", "EmptyLatentImage", "SaveImage", "LoadImage")
