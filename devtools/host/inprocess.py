@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import collections
+import contextlib
 import os
 import shutil
 import sys
@@ -70,6 +71,24 @@ def register_model_folders(models_root: os.PathLike, cache_dir: Optional[os.Path
         setter(str(tmp / sub))
     _INPROC.update(models_root=models_root, workdir=tmp)
     return tmp
+
+
+@contextlib.contextmanager
+def model_folder(folder_paths, name: str, path: os.PathLike, is_default: bool = False):
+    """Add `path` to ComfyUI's `name` folders for a with-block, then put the list back as it was and drop
+    ComfyUI's cached file list for it: that cache holds each folder's mtime and raises FileNotFoundError on
+    every later listing once a registered folder is gone (a passing test's tmp_path is removed)."""
+    paths = folder_paths.folder_names_and_paths[name][0] if name in folder_paths.folder_names_and_paths else None
+    before = list(paths) if paths is not None else None
+    folder_paths.add_model_folder_path(name, str(path), is_default=is_default)
+    try:
+        yield Path(path)
+    finally:
+        if before is None:
+            folder_paths.folder_names_and_paths.pop(name, None)
+        else:
+            folder_paths.folder_names_and_paths[name][0][:] = before
+        folder_paths.filename_list_cache.pop(name, None)
 
 
 def load_pack_in_process(models_root: os.PathLike, cache_dir: Optional[os.PathLike] = None,

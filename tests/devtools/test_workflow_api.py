@@ -16,6 +16,7 @@ if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
 from devtools import comfy_inproc  # noqa: E402
+from devtools.host import model_folder  # noqa: E402
 from devtools.workflow_api import (  # noqa: E402
     find_nodes,
     load_ui_workflow,
@@ -214,15 +215,12 @@ def test_txt2img_with_model_present_validates(object_info, comfy, tmp_path):
     ckpt_dir = tmp_path / "checkpoints"
     ckpt_dir.mkdir()
     (ckpt_dir / "tiny-sd15.safetensors").write_bytes(b"")
-    fp.add_model_folder_path("checkpoints", str(ckpt_dir))
-    try:
+    with model_folder(fp, "checkpoints", ckpt_dir):
         api = ui_to_api(txt2img_workflow(), object_info)
         assert override_inputs(api, "CheckpointLoaderSimple", "ckpt_name", "tiny-sd15.safetensors") == ["4"]
         ok, error, outputs, node_errors = _validate(api)
         assert ok, (error, node_errors)
         assert outputs == ["9"] and node_errors == {}
-    finally:
-        fp.folder_names_and_paths["checkpoints"][0].remove(str(ckpt_dir))
 
 
 def test_include_meta(object_info):

@@ -4,13 +4,13 @@ import shutil
 import pytest
 
 
-def test_a_t5_folder_without_config_json_says_what_it_lacks(comfy_inprocess, standins, tmp_path):
+def test_a_t5_folder_without_config_json_says_what_it_lacks(comfy_inprocess, standins, tmp_path, add_model_folder):
     m = comfy_inprocess.nodes.NODE_CLASS_MAPPINGS
     folder = tmp_path / "flan-t5-no-config"
     folder.mkdir()
     shutil.copyfile(comfy_inprocess.models_root / "text_encoders" / standins["text_encoders"],
                     folder / "model.safetensors")
-    comfy_inprocess.folder_paths.add_model_folder_path("text_encoders", str(tmp_path))
+    add_model_folder("text_encoders", tmp_path)
     with pytest.raises(ValueError) as error:
         m["EMMALoadT5"].execute(t5_name="flan-t5-no-config/", precision="auto")
     assert str(error.value).startswith(f"[Load flan-T5 Encoder (ELLA)] {folder}: this T5 folder has no "

@@ -178,15 +178,14 @@ def test_two_regions_with_two_references_and_controlnet(emma, standins):
         assert call["control_contexts"] and torch.equal(call["control_contexts"][0], call["context"])
 
 
-def test_wrong_kind_and_bad_files_are_clear_errors(emma, comfy_inprocess, standins, tmp_path):
+def test_wrong_kind_and_bad_files_are_clear_errors(emma, comfy_inprocess, standins, tmp_path, add_model_folder):
     m = emma["m"]
     with pytest.raises(ValueError, match=r"\[EMMA Condition\].*expects 'face' features.*got 'clip_tokens'"):
         conditions(emma, ("face", emma["obj"], 1.0, 0.0, 1.0))
-    folder_paths = comfy_inprocess.folder_paths
     shutil.copyfile(comfy_inprocess.models_root / "ella" / standins["ella"], tmp_path / "looks-like-a-module.safetensors")
     (tmp_path / "corrupt-module.safetensors").write_bytes(
         (comfy_inprocess.models_root / "emma" / standins["emma"]["face"]).read_bytes()[:4096])
-    folder_paths.add_model_folder_path("emma", str(tmp_path))
+    add_model_folder("emma", tmp_path)
     with pytest.raises(ValueError, match=r"\[Load EMMA Module\].*ELLA connector.*Load ELLA Connector"):
         m["EMMALoadModule"].execute(module_name="looks-like-a-module.safetensors")
     with pytest.raises(ValueError, match=r"\[Load EMMA Module\].*corrupt-module.safetensors"):
@@ -201,9 +200,8 @@ def test_wrong_kind_and_bad_files_are_clear_errors(emma, comfy_inprocess, standi
                                   apply_to_negative=False)
 
 
-def test_features_save_and_load_through_the_nodes(emma, comfy_inprocess, tmp_path):
-    folder_paths = comfy_inprocess.folder_paths
-    folder_paths.add_model_folder_path("emma_features", str(tmp_path), is_default=True)
+def test_features_save_and_load_through_the_nodes(emma, tmp_path, add_model_folder):
+    add_model_folder("emma_features", tmp_path, is_default=True)
     m = emma["m"]
     m["EMMASaveFeatures"].execute(features=emma["face_a"], name="astronaut")
     assert (tmp_path / "astronaut.safetensors").exists()
@@ -226,13 +224,14 @@ def test_a_weight_or_schedule_that_cannot_work_is_an_error_naming_the_input(emma
     assert str(error.value).startswith(f"[EMMA Condition] {says}")
 
 
-def test_image_features_record_the_clip_vision_file_that_made_them(comfy_inprocess, standins, tmp_path):
+def test_image_features_record_the_clip_vision_file_that_made_them(comfy_inprocess, standins, tmp_path,
+                                                                   add_model_folder):
     """Through ComfyUI's executor (the file name comes from the graph: the model object does not keep it)."""
     from devtools.host import run_graph_in_process
     from emma_core.features_file import load_features
 
     folder_paths = comfy_inprocess.folder_paths
-    folder_paths.add_model_folder_path("emma_features", str(tmp_path), is_default=True)
+    add_model_folder("emma_features", tmp_path, is_default=True)
     Image.fromarray(data.astronaut()).save(Path(folder_paths.get_input_directory()) / "emma-style-ref.png")
     graph = {
         "vision": {"class_type": "CLIPVisionLoader", "inputs": {"clip_name": standins["clip_vision"]}},
@@ -247,14 +246,14 @@ def test_image_features_record_the_clip_vision_file_that_made_them(comfy_inproce
     assert meta["encoder"] == features.encoder
 
 
-def test_features_from_another_encoder_than_the_modules_are_warned_about_once(emma, comfy_inprocess, tmp_path,
+def test_features_from_another_encoder_than_the_modules_are_warned_about_once(emma, tmp_path, add_model_folder,
                                                                              caplog):
     from emma_core.emma_module import EMMAConfig, EMMAModule, save_module
 
     torch.manual_seed(0)
     save_module(EMMAModule(EMMAConfig(modality="face"), feature_encoder="InsightFace buffalo_l ArcFace"),
                 str(tmp_path / "buffalo-face.safetensors"))
-    comfy_inprocess.folder_paths.add_model_folder_path("emma", str(tmp_path))
+    add_model_folder("emma", tmp_path)
     module = emma["m"]["EMMALoadModule"].execute(module_name="buffalo-face.safetensors").result[0]
     assert module.module.feature_encoder == "InsightFace buffalo_l ArcFace"
     with caplog.at_level(logging.WARNING, logger="ComfyUI-EMMA"):

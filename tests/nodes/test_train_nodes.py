@@ -4,10 +4,10 @@ import torch
 from devtools.datasets import face_dataset
 
 
-def test_train_node_writes_a_module_the_loader_reads(comfy_inprocess, standins, tmp_path):
+def test_train_node_writes_a_module_the_loader_reads(comfy_inprocess, standins, tmp_path, add_model_folder):
     m = comfy_inprocess.nodes.NODE_CLASS_MAPPINGS
     folder_paths = comfy_inprocess.folder_paths
-    folder_paths.add_model_folder_path("emma", str(tmp_path / "emma"), is_default=True)
+    add_model_folder("emma", tmp_path / "emma", is_default=True)
     dataset = face_dataset(tmp_path / "faces")
     model, _clip, vae = m["CheckpointLoaderSimple"]().load_checkpoint(standins["checkpoints"])[:3]
     before = {k: v.clone() for k, v in list(model.model.state_dict().items())[:8]}
