@@ -34,6 +34,7 @@ def world(tmp_path_factory, comfy_dir):
     log.write_text(proc.stdout + proc.stderr)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
     report = json.loads((root / "report" / "report.json").read_text())
+    shutil.copyfile(root / "report" / "results.md", log.with_name("world-ci-results.md"))  # the table outlives root
     print(f"\nreduced world built and measured in {seconds:.0f} s (log: {log})", file=sys.stderr)
     yield root, report
     if not os.environ.get("EMMA_WORLD_CI_ROOT"):
