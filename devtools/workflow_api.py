@@ -131,6 +131,16 @@ def _is_combo(spec: list) -> bool:
     return isinstance(spec[0], (list, tuple)) or spec[0] == "COMBO"
 
 
+def combo_options(spec: list) -> Optional[list]:
+    """The options of a COMBO input spec, in either form hosts send (``[[options], {...}]``, or
+    ``["COMBO", {"options": [...]}]`` in newer hosts); None for any other input."""
+    if spec and isinstance(spec[0], (list, tuple)):
+        return list(spec[0])
+    if spec and spec[0] == "COMBO" and len(spec) > 1 and isinstance(spec[1], dict):
+        return list(spec[1].get("options") or [])
+    return None
+
+
 def widget_inputs(info: dict) -> list:
     """The widget inputs of a node definition, in frontend order, as dicts:
 

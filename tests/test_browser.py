@@ -36,7 +36,7 @@ import pytest
 from devtools.build_workflows import WORLD_WORKFLOWS
 from devtools.host import ComfyServer, pinned_frontend, provision_frontend
 from devtools.run_workflow import ensure_input_images, standin_for
-from devtools.workflow_api import load_ui_workflow
+from devtools.workflow_api import combo_options, load_ui_workflow
 
 pytestmark = pytest.mark.slow
 
@@ -139,7 +139,7 @@ def _swaps_for(ui: dict, object_info: dict) -> tuple[dict, set]:
             continue
         spec = object_info[class_type]["input"]
         spec = spec.get("required", {}).get(name) or spec.get("optional", {}).get(name)
-        values = spec[0] if isinstance(spec[0], list) else spec[1].get("options", [])
+        values = combo_options(spec) or []
         for node in ui["nodes"]:
             if node["type"] != class_type:
                 continue
@@ -159,13 +159,8 @@ def _naming_unlisted_values(ui: dict, object_info: dict) -> set:
     ids = set()
     for node in ui["nodes"]:
         spec = object_info.get(node.get("type"), {}).get("input", {})
-        options = []
-        for group in ("required", "optional"):
-            for v in spec.get(group, {}).values():
-                if isinstance(v, (list, tuple)) and v and isinstance(v[0], list):
-                    options.append(v[0])  # [[options], {...}]
-                elif isinstance(v, (list, tuple)) and len(v) > 1 and v[0] == "COMBO" and isinstance(v[1], dict):
-                    options.append(v[1].get("options") or [])  # ["COMBO", {"options": [...]}] (newer hosts)
+        options = [o for group in ("required", "optional") for v in spec.get(group, {}).values()
+                   if (o := combo_options(v)) is not None]
         if not options:
             continue
         values = node.get("widgets_values") or []

@@ -78,8 +78,8 @@ def model_folder(folder_paths, name: str, path: os.PathLike, is_default: bool = 
     """Add `path` to ComfyUI's `name` folders for a with-block, then put the list back as it was and drop
     ComfyUI's cached file list for it: that cache holds each folder's mtime and raises FileNotFoundError on
     every later listing once a registered folder is gone (a passing test's tmp_path is removed)."""
-    paths = folder_paths.folder_names_and_paths[name][0] if name in folder_paths.folder_names_and_paths else None
-    before = list(paths) if paths is not None else None
+    entry = folder_paths.folder_names_and_paths.get(name)
+    before = list(entry[0]) if entry is not None else None
     folder_paths.add_model_folder_path(name, str(path), is_default=is_default)
     try:
         yield Path(path)
