@@ -5,6 +5,8 @@ The resampler exposes an `after_block` hook: EMMA's gated branches run between i
 """
 from __future__ import annotations
 
+import threading
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from typing import Callable, Optional
 
@@ -70,11 +72,28 @@ def row_invariant_linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     (torch.equal in the tests). Elsewhere (CUDA) rows are batched: fp16 kernels round at the 1e-3 level anyway
     and launch count is what costs there.
     """
-    if x.device.type != "cpu":
+    if x.device.type != "cpu" or getattr(_rows, "batched", False):
         return layer(x)
     rows = x.reshape(-1, x.shape[-1])
     out = [layer(torch.cat([row[None], row[None].expand(MIN_GEMM_ROWS - 1, -1)]))[:1] for row in rows]
     return torch.cat(out).reshape(*x.shape[:-1], -1)
+
+
+_rows = threading.local()
+
+
+@contextmanager
+def rows_batched():
+    """Within it (in this thread), the time-dependent linears multiply all rows in one product, as on CUDA.
+    For training: there no call is compared with another, and on the CPU the per-row products of a batch
+    with one timestep per row cost a quarter to a third of a step (measured: 0.66 -> 0.46 s for the world
+    base, 16 rows). Sampling never enters it, so its contexts stay exact."""
+    before = getattr(_rows, "batched", False)
+    _rows.batched = True
+    try:
+        yield
+    finally:
+        _rows.batched = before
 
 
 class TimestepEmbedding(nn.Module):

@@ -71,8 +71,9 @@ def main(argv=None) -> int:
     from devtools.real_size import machine_info, random_sd15_unet
     from devtools.standins import TINY_SD15_UNET, reset_all_parameters
     from emma_core.adapters import DEFAULT_DIMS, Features
-    from emma_core.ella import ELLA
+    from emma_core.ella import ELLA, rows_batched
     from emma_core.emma_module import EMMAConfig, EMMAModule
+    from emma_core.train.loop import TrainConfig, adamw
     from emma_core.train.objective import EMMATask
 
     machine = machine_info(device)
@@ -95,7 +96,7 @@ def main(argv=None) -> int:
     denoiser = lambda x, t, ctx: unet(x, t, context=ctx)  # noqa: E731
     task = EMMATask(module, ella, denoiser, empty_text=torch.randn(1, 2048, generator=gen),
                     text_dropout=0.0, cond_dropout=0.0)
-    opt = torch.optim.AdamW(module.parameters(), lr=1e-4)
+    opt = adamw(list(module.parameters()), TrainConfig(lr=1e-4))  # the trainer's optimiser
     draw = torch.Generator(device=device).manual_seed(0)
     t = torch.randint(0, 1000, (b,), generator=gen).to(device)
     ctx = torch.randn(b, 64, 768, generator=gen).to(device)
@@ -118,7 +119,7 @@ def main(argv=None) -> int:
 
     def step():
         opt.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+        with torch.autocast(device.type, dtype=amp, enabled=amp is not None), rows_batched():  # as the loop runs it
             loss = task(batch, draw)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)

@@ -27,6 +27,7 @@ from typing import Callable, Optional
 import torch
 import torch.distributed as dist
 
+from ..ella import rows_batched
 from . import checkpoint as ckpt
 from .curve import render_loss_curve
 from .schedule import cosine_factor, warmup_factor
@@ -143,7 +144,8 @@ def evaluate(task, dataset, batch_size: int, device=None) -> Optional[float]:
     try:
         for start in range(0, len(mine), batch_size):
             batch = _to_device(task.collate([dataset.sample(i) for i in mine[start:start + batch_size]]), device)
-            losses = task.validation_losses(batch)
+            with rows_batched():
+                losses = task.validation_losses(batch)
             total[0] += losses.double().sum()
             total[1] += losses.numel()
     finally:
@@ -151,6 +153,19 @@ def evaluate(task, dataset, batch_size: int, device=None) -> Optional[float]:
     if world > 1:
         dist.all_reduce(total)
     return float(total[0] / total[1])
+
+
+def adamw(params: list, config: TrainConfig) -> torch.optim.AdamW:
+    """AdamW with the fused kernel where this torch has it for the parameters' device (CUDA; CPU from torch
+    2.4): the same update in one pass over the weights. On CPU the multi-tensor ("foreach") step of a 50 M
+    parameter model costs 0.25 s, the fused one 0.05 s (measured on 2 cores); with a large trainable set
+    that is a third of the step. Older torch builds get the multi-tensor step, and the log says so."""
+    kwargs = dict(lr=config.lr, betas=tuple(config.betas), eps=config.eps, weight_decay=config.weight_decay)
+    try:
+        return torch.optim.AdamW(params, fused=True, **kwargs)
+    except (RuntimeError, TypeError, ValueError) as err:  # the device or dtype has no fused kernel here
+        log.info("EMMA training: fused AdamW unavailable (%s); using the multi-tensor step", err)
+        return torch.optim.AdamW(params, **kwargs)
 
 
 def train(task, train_set, config: TrainConfig, run_dir, val_set=None, resume: bool = True,
@@ -169,8 +184,7 @@ def train(task, train_set, config: TrainConfig, run_dir, val_set=None, resume: b
     params = [p for p in module.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the task has no trainable parameters")
-    optimizer = torch.optim.AdamW(params, lr=config.lr, betas=tuple(config.betas), eps=config.eps,
-                                  weight_decay=config.weight_decay)
+    optimizer = adamw(params, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: warmup_factor(s, config.warmup_iters, config.warmup_start)
         * cosine_factor(s, config.warmup_iters, config.steps, config.decay_to))
@@ -248,7 +262,7 @@ def train(task, train_set, config: TrainConfig, run_dir, val_set=None, resume: b
             batch = _to_device(task.collate([train_set.sample(i) for i in chunk]), device)
             sync = contextlib.nullcontext() if (world == 1 or micro == config.grad_accum - 1) else model.no_sync()
             with sync:
-                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None), rows_batched():
                     loss = model(batch, generator)
                 scaler.scale(loss / config.grad_accum).backward()
             loss_sum += float(loss.detach())

@@ -23,6 +23,7 @@ from torch import nn
 
 from ..adapters import Features
 from ..assemble import Branch, assembled_after_block
+from ..ella import Group
 from .schedule import DDPMSchedule
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -137,22 +138,23 @@ class EMMATask(nn.Module):
         """ELLA's context with the module assembled in (assemble.assembled_after_block, the function inference
         uses), one row per sample; a row whose condition is dropped gets weight 0. Rows are grouped by text
         length: the connector has no attention mask, so texts are never padded (each row sees exactly what
-        inference gives it)."""
+        inference gives it). All groups go through one connector call (ELLA.forward_groups, as several prompts
+        do at inference): what does not read the text runs once over the whole batch."""
         module = self.trainable
         tokens = module.condition_tokens(features)
         weight = keep_cond.to(tokens.dtype)
         ella_param = next(self.ella.parameters())
         lengths = [t.shape[0] for t in texts]
-        out = [None] * len(texts)
+        groups, order = [], []
         for length in sorted(set(lengths)):
             rows = [i for i, n in enumerate(lengths) if n == length]
             idx = torch.tensor(rows, device=tokens.device)
             text = torch.stack([texts[i] for i in rows]).to(ella_param.device, ella_param.dtype)
-            branch = Branch(module, tokens[idx], weight[idx])
-            ctx = self.ella(text, timesteps[idx].float(), after_block=assembled_after_block([branch]))
-            for j, i in enumerate(rows):
-                out[i] = ctx[j]
-        return torch.stack(out)
+            groups.append(Group(text, len(rows), assembled_after_block([Branch(module, tokens[idx], weight[idx])])))
+            order += rows
+        order = torch.tensor(order, device=tokens.device)
+        grouped = self.ella.forward_groups(groups, timesteps[order].float())
+        return grouped[torch.argsort(order)]
 
     def losses(self, batch: dict, draw: Draw) -> torch.Tensor:
         """Per-row MSE between the predicted and the true noise, [B] float32."""

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from emma_core.ella import ELLA, ELLAConfig, attend
+from emma_core.ella import ELLA, ELLAConfig, attend, rows_batched
 from emma_core.ella_file import ella_from_state_dict, load_ella, save_ella
 from emma_core.state_dict import WeightsFileError
 
@@ -135,6 +135,26 @@ def test_per_row_timesteps_equal_separate_calls():
     assert torch.allclose(both[0], first[0], atol=1e-5)
     assert torch.allclose(both[1], second[0], atol=1e-5)
     assert not torch.allclose(first, second, atol=1e-3)
+
+
+def test_training_batches_the_time_linears_and_sampling_keeps_rows_exact():
+    model = ella_from_state_dict(official_state_dict(seed=5)).float()
+    # one text at a schedule's timesteps: sampling computes the schedule in one call
+    text, timesteps = torch.randn(1, 7, 2048), torch.tensor([999.0, 700.0, 411.0, 90.0, 3.0])
+    calls = []
+    model.connector.perceiver_blocks[0].ln_1.linear.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    with torch.no_grad():
+        exact = model(text, timesteps)
+        rows_alone = [model(text, timesteps[i:i + 1]) for i in range(5)]
+        assert calls[:5] == [4] * 5  # one 4-row product per timestep row: the exact path
+        calls.clear()
+        with rows_batched():
+            batched = model(text, timesteps)
+        assert calls == [5]  # all rows in one product
+        after = model(text, timesteps)
+    assert all(torch.equal(exact[i:i + 1], rows_alone[i]) for i in range(5))
+    assert torch.allclose(batched, exact, atol=1e-5, rtol=0)
+    assert torch.equal(after, exact)  # the exact path is back once the block ends
 
 
 def test_attention_is_multihead_attention_and_each_row_is_computed_as_if_alone():

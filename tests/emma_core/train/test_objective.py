@@ -45,15 +45,18 @@ def test_trainer_context_equals_the_inference_context(parts):
 
 
 def test_rows_batched_by_length_agree_with_separate_calls(parts):
+    # Lengths interleaved: the rows go through one connector call grouped by length and must come back in
+    # their own order, each as its call alone would give it.
     ella, module, task = parts
     g = torch.Generator().manual_seed(3)
-    texts = [torch.randn(5, 32, generator=g) for _ in range(3)]
-    timesteps = torch.tensor([900, 10, 300])
-    features = face(4, rows=3)
+    lengths, kept = [5, 7, 5, 6, 7], [True, False, True, True, False]
+    texts = [torch.randn(n, 32, generator=g) for n in lengths]
+    timesteps = torch.tensor([900, 10, 300, 512, 77])
+    features = face(4, rows=len(lengths))
     with torch.no_grad():
-        batched = task.context(texts, timesteps, features, keep_cond=torch.tensor([True, False, True]))
-        for row in range(3):
+        batched = task.context(texts, timesteps, features, keep_cond=torch.tensor(kept))
+        for row in range(len(lengths)):
             alone = task.context(texts[row:row + 1], timesteps[row:row + 1],
                                  Features("face", {"embedding": features.tensors["embedding"][row:row + 1]}),
-                                 keep_cond=torch.tensor([row != 1]))
-            assert torch.allclose(batched[row], alone[0], atol=1e-5, rtol=0)
+                                 keep_cond=torch.tensor([kept[row]]))
+            assert torch.allclose(batched[row], alone[0], atol=1e-5, rtol=0), row

@@ -14,7 +14,7 @@ from emma_core.train import checkpoint as ckpt
 from devtools import toy_train as toy
 from emma_core.train.cache import CachedDataset, build_cache
 from emma_core.train.dataset import scan_dataset
-from emma_core.train.loop import TrainConfig, train
+from emma_core.train.loop import TrainConfig, adamw, train
 from emma_core.train.schedule import scaled_linear_alphas_cumprod, warmup_factor
 
 REPO = Path(__file__).resolve().parents[3]
@@ -28,6 +28,28 @@ def test_schedule_and_warmup():
     assert a.shape == (1000,) and abs(float(a[0]) - (1 - 0.00085)) < 1e-6
     assert warmup_factor(0) == pytest.approx(0.1) and warmup_factor(500) == pytest.approx(0.55)
     assert warmup_factor(1000) == 1.0 == warmup_factor(5000)
+
+
+def test_the_optimiser_is_adamw_fused_where_torch_has_it():
+    # The fused kernel is a speed choice only: the weights after a few steps must be AdamW's, to float noise.
+    config = TrainConfig(lr=1e-2, weight_decay=0.01)
+    g = torch.Generator().manual_seed(0)
+    start = [torch.randn(300, 7, generator=g), torch.randn(5, generator=g)]
+    grads = [[torch.randn(t.shape, generator=g) for t in start] for _ in range(4)]
+    ours = [torch.nn.Parameter(t.clone()) for t in start]
+    reference = [torch.nn.Parameter(t.clone()) for t in start]
+    opt = adamw(ours, config)
+    ref = torch.optim.AdamW(reference, lr=1e-2, weight_decay=0.01, foreach=False)
+    for step_grads in grads:
+        for params, o in ((ours, opt), (reference, ref)):
+            for p, gr in zip(params, step_grads):
+                p.grad = gr.clone()
+            o.step()
+    for a, b in zip(ours, reference):
+        torch.testing.assert_close(a.detach(), b.detach(), rtol=1e-5, atol=1e-6)
+        assert not torch.equal(a.detach(), start[0] if a.shape == start[0].shape else start[1])
+    torch_version = tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2])
+    assert opt.defaults["fused"] is (True if torch_version >= (2, 4) else None)
 
 
 def test_dataset_scan_reports_skips(tmp_path):
