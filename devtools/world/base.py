@@ -3,10 +3,14 @@ connector in the released layout, trained together on captioned world pictures o
 flan-T5, with the pack's training loop (emma_core.train.loop).
 
 - UNet: ComfyUI's own UNetModel with model_channels 320 and context 768 (what ComfyUI's model detection calls
-  SD1.5), two levels, one residual block each, a transformer on the lower level and in the middle: 36.7 M
-  parameters, 1.85 GFLOP per 8x8 latent.
+  SD1.5). "two-level" (the full schedule): one residual block per level, a transformer on the lower level and
+  in the middle: 36.7 M parameters, 1.85 GFLOP per 8x8 latent. "one-level" (the CI schedule): one level, one
+  residual block, a transformer in each block, none in the middle: 21.0 M parameters. At 32 px (a 4 x 4 latent) a
+  training step is bound by the parameter-sized work (weight gradients, AdamW), not by the pixels, so the
+  parameter count sets the CI budget.
 - ELLA: the released layout (time embedding, latents, AdaLN resampler blocks, no output projection) at width
-  768 (the UNet's cross-attention width), 2 blocks, 16 latents; T5 features 2048-d from the stand-in encoder.
+  768 (the UNet's cross-attention width); 2 blocks and 16 latents in the full schedule, 1 and 8 in CI. T5
+  features 2048-d from the stand-in encoder. The file carries its configuration (ELLA format v2).
 - Objective: SD1.5's epsilon prediction on its DDPM schedule, min-SNR-5 loss weighting (it converges several
   times faster than the plain mean; the optimum is the same), 10 % text dropout (the empty prompt: ELLA's
   negative), AdamW.
@@ -24,31 +28,37 @@ from torch import nn
 from emma_core.ella import ELLA, ELLAConfig
 from emma_core.train.schedule import DDPMSchedule
 
-WORLD_ELLA = ELLAConfig(time_channels=320, time_embed_dim=768, width=768, layers=2, heads=8, num_latents=16,
-                        input_dim=2048)
-WORLD_UNET = dict(
-    image_size=8, in_channels=4, out_channels=4, model_channels=320, num_res_blocks=[1, 1], channel_mult=[1, 1],
-    transformer_depth=[0, 1], transformer_depth_output=[0, 0, 1, 1], transformer_depth_middle=1, num_heads=8,
-    num_head_channels=-1, context_dim=768, use_spatial_transformer=True, use_linear_in_transformer=False,
-    legacy=False, adm_in_channels=None,
-)
+_SD15 = dict(image_size=8, in_channels=4, out_channels=4, model_channels=320, num_heads=8, num_head_channels=-1,
+             context_dim=768, use_spatial_transformer=True, use_linear_in_transformer=False, legacy=False,
+             adm_in_channels=None)
+UNETS = {
+    "two-level": dict(_SD15, num_res_blocks=[1, 1], channel_mult=[1, 1], transformer_depth=[0, 1],
+                      transformer_depth_output=[0, 0, 1, 1], transformer_depth_middle=1),
+    "one-level": dict(_SD15, num_res_blocks=[1], channel_mult=[1], transformer_depth=[1],
+                      transformer_depth_output=[1, 1], transformer_depth_middle=-1),
+}
 MIN_SNR_GAMMA = 5.0
 
 
-def build_unet(seed: int = 0):
+def ella_config(layers: int = 2, latents: int = 16) -> ELLAConfig:
+    return ELLAConfig(time_channels=320, time_embed_dim=768, width=768, layers=layers, heads=8,
+                      num_latents=latents, input_dim=2048)
+
+
+def build_unet(kind: str = "two-level", seed: int = 0):
     from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 
     from devtools.standins import reset_all_parameters, seeded
 
     with seeded(seed):
-        return reset_all_parameters(UNetModel(**WORLD_UNET))
+        return reset_all_parameters(UNetModel(**UNETS[kind]))
 
 
-def build_ella(seed: int = 0) -> ELLA:
+def build_ella(config: ELLAConfig, seed: int = 0) -> ELLA:
     from devtools.standins import seeded
 
     with seeded(seed + 1):
-        return ELLA(WORLD_ELLA)
+        return ELLA(config)
 
 
 def length_batches(lengths: list[int], batch: int, seed: int) -> list[list[int]]:

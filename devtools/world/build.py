@@ -24,6 +24,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -67,15 +68,22 @@ class Schedule:
     out: str = "docs/world"        # relative to the repository; "" = <root>/report
     size: int = world.SIZE
     style_steps: int = 0           # 0: module_steps (CI: the style module only has to exist, for the workflow test)
+    style_pictures: int = 0        # 0: module_pictures
+    module_warmup: int = 50        # at most a third of the steps
+    sample_steps: int = 15         # KSampler steps of the evaluation pictures (the world picture keeps the workflow's)
+    unet: str = "two-level"        # a key of base.UNETS
+    ella_layers: int = 2
+    ella_latents: int = 16
 
 
 SCHEDULES = {
     "full": Schedule("full", decoder_steps=800, base_pictures=8000, base_steps=1000, module_pictures=3000,
                      module_steps=400, module_lr=3e-4, n_unseen=100, n_sweep=40, n_range=60),
-    "ci": Schedule("ci", decoder_steps=0, base_pictures=1200, base_steps=300, module_pictures=400,
+    "ci": Schedule("ci", decoder_steps=0, base_pictures=1200, base_steps=100, module_pictures=400,
                    module_steps=150, module_lr=1e-3, rows=("text naming only the shape", "+ object module"),
                    n_per_row=60, n_unseen=0, n_sweep=0, n_range=0, preview_every=0, validate_every=0,
-                   out="", size=32, style_steps=10),
+                   out="", size=32, style_steps=5, style_pictures=16, unet="one-level", ella_layers=1,
+                   ella_latents=8, sample_steps=10),
 }
 
 
@@ -157,11 +165,10 @@ def stage_base(w: World) -> None:
     unet_file, ella_file = w.runs / "base" / "unet.safetensors", w.path("ella", ELLA_FILE)
     if unet_file.is_file() and ella_file.is_file():
         return
-    data = base_data(w)
-    unet, ella = base.build_unet(), base.build_ella()
+    data, s = base_data(w), w.schedule
+    unet, ella = base.build_unet(s.unet), base.build_ella(base.ella_config(s.ella_layers, s.ella_latents))
     task = base.BaseTask(unet, ella, data.empty_text)
-    s = w.schedule
-    config = TrainConfig(steps=s.base_steps, batch_size=1, lr=s.base_lr, weight_decay=0.01, warmup_iters=100,
+    config = TrainConfig(steps=s.base_steps, batch_size=1, lr=s.base_lr, weight_decay=0.01, warmup_iters=min(100, s.base_steps // 3),
                          decay_to=0.1, checkpoint_every=100, log_every=25, seed=0, val_every=0)
 
     def on_step(step, total, record):
@@ -185,11 +192,11 @@ def stage_checkpoint(w: World) -> None:
     target = w.path("checkpoints", CHECKPOINT)
     if target.is_file():
         return
-    unet = base.build_unet()
+    unet = base.build_unet(w.schedule.unet)
     unet.load_state_dict({k: v.float() for k, v in load_file(str(w.runs / "base" / "unet.safetensors")).items()})
     tensors = base.checkpoint_tensors(unet, codec.checkpoint_vae_tensors(codec.fixed_encoder(), load_decoder(w)))
     save_safetensors_atomic(target, tensors, {"world": json.dumps({"schedule": w.schedule.name,
-                                                                   "base_steps": w.schedule.base_steps,
+                                                                   "base_steps": w.schedule.base_steps, "unet": w.schedule.unet,
                                                                    "decoder_steps": w.schedule.decoder_steps})})
 
 
@@ -250,18 +257,30 @@ def base_data(w: World):
 def stage_module(w: World, kind: str) -> None:
     from . import modules
 
+    from safetensors import safe_open
+
+    from . import features
+
     target = w.path("emma", OBJECT_MODULE if kind == "object" else STYLE_MODULE)
     if target.is_file():
-        return
-    folder = modules.write_dataset(w.data / f"{kind}-dataset", kind, w.schedule.module_pictures, w.schedule.size)
+        with safe_open(str(target), "pt") as handle:
+            trained_on = handle.metadata().get("feature_encoder")
+        if trained_on == features.ENCODERS[kind][1]:
+            return
+        log.info("%s module: trained on %s features, the encoder is now %s: training it again", kind, trained_on,
+                 features.ENCODERS[kind][1])
+        target.unlink()
+        shutil.rmtree(w.runs / kind, ignore_errors=True)  # its checkpoints would resume the old run
     s = w.schedule
+    pictures = s.style_pictures if kind == "style" and s.style_pictures else s.module_pictures
+    folder = modules.write_dataset(w.data / f"{kind}-dataset", kind, pictures, s.size)
     steps = s.style_steps if kind == "style" and s.style_steps else s.module_steps
     cmd = [sys.executable, str(REPO_ROOT / "scripts" / "train_emma.py"),
            "--checkpoint", str(w.path("checkpoints", CHECKPOINT)), "--ella", str(w.path("ella", ELLA_FILE)),
            "--t5", str(w.path("text_encoders", T5_FILE)), "--dataset", str(folder), "--modality", kind,
            "--out", str(target), "--run-dir", str(w.runs / kind), "--cache-root", str(w.data / f"{kind}-cache"),
            "--resolution", str(s.size), "--text-length", "flexible", "--steps", str(steps),
-           "--batch-size", str(s.batch), "--lr", str(s.module_lr), "--warmup-iters", str(min(50, steps // 3)), "--decay-to", "0.1",
+           "--batch-size", str(s.batch), "--lr", str(s.module_lr), "--warmup-iters", str(min(s.module_warmup, steps // 3)), "--decay-to", "0.1",
            "--val-fraction", "0.05" if s.validate_every else "0", "--val-every", str(s.validate_every),
            "--checkpoint-every", "100", "--log-every", "25", "--preview-every", str(s.preview_every),
            "--preview-steps", "15", "--cpu"]

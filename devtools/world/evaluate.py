@@ -146,7 +146,8 @@ def run_batch(models: WorldModels, cases: Sequence[Case], sampling: Sampling, fe
     names = {}
     for kind, pictures in (("object", object_pictures), ("style", style_pictures)):
         if pictures:
-            path = features_dir / f"{key}-{kind}.safetensors"
+            encoder = hashlib.sha256(world_features.ENCODERS[kind][1].encode()).hexdigest()[:8]
+            path = features_dir / f"{key}-{kind}-{encoder}.safetensors"  # a new encoder version, new files
             if not path.is_file():
                 world_features.write_features(kind, pictures, path)
             names[kind] = f"{features_folder_name}/{path.name}"

@@ -40,7 +40,7 @@ def write_dataset(folder: Path, kind: str, count: int, size: int = world.SIZE) -
     """Write (or reuse) the folder: NNNNN.png, NNNNN.txt, NNNNN_ref.safetensors."""
     folder = Path(folder)
     stamp = folder / "dataset.json"
-    want = {"kind": kind, "count": count, "size": size, "version": 1}
+    want = {"kind": kind, "count": count, "size": size, "version": 1, "encoder": world_features.ENCODERS[kind][1]}
     if stamp.is_file() and json.loads(stamp.read_text()) == want:
         return folder
     folder.mkdir(parents=True, exist_ok=True)

@@ -221,7 +221,7 @@ def run(w) -> dict:
     out = REPO_ROOT / s.out if s.out else Path(w.root) / "report"
     load_pack_in_process(w.models)
     models = WorldModels(CHECKPOINT, ELLA_FILE, T5_FILE, OBJECT_MODULE, STYLE_MODULE)
-    sampling = Sampling(size=s.size)
+    sampling = Sampling(size=s.size, steps=s.sample_steps)
     features_dir = w.models / "emma_features" / "eval"
     features_dir.mkdir(parents=True, exist_ok=True)
     report: dict = {"schedule": asdict(s), "sampling": asdict(sampling), "chance": CHANCE, "rows": {},
