@@ -21,13 +21,16 @@ def test_style_features_do_not_depend_on_the_pattern_phase():
     for kind in world.BACKGROUNDS:
         a = features.style_features([world.background(kind, (0, 0))[..., None].repeat(3, -1)]).tensors["embeds"]
         b = features.style_features([world.background(kind, (1, 1))[..., None].repeat(3, -1)]).tensors["embeds"]
-        assert torch.allclose(a, b, atol=1e-6), kind
+        assert torch.allclose(a, b, atol=1e-5), kind  # float noise of the FFT, x64 by the gain
         kinds[kind] = a
-    # and tell the patterns apart
+    # and tell the patterns apart, at the scale of the object features (v1's raw magnitudes were ~0.01)
     for x in world.BACKGROUNDS:
         for y in world.BACKGROUNDS:
             if x < y:
-                assert (kinds[x] - kinds[y]).abs().max() > 0.01, (x, y)
+                assert (kinds[x] - kinds[y]).abs().max() > 0.3, (x, y)
+    patches = features.style_features([world.background_patch(k, i) for k in world.BACKGROUNDS for i in range(5)])
+    spread = patches.tensors["embeds"][:, :-2].std(0)  # the features that carry the pattern vary at order 1
+    assert 0.5 < float(spread.max()) < 3, spread.max()
 
 
 def test_features_files_name_their_encoder(tmp_path):
