@@ -40,12 +40,12 @@ UNETS = {
 MIN_SNR_GAMMA = 5.0
 
 
-def ella_config(layers: int = 2, latents: int = 16) -> ELLAConfig:
+def ella_config(layers: int, latents: int) -> ELLAConfig:
     return ELLAConfig(time_channels=320, time_embed_dim=768, width=768, layers=layers, heads=8,
                       num_latents=latents, input_dim=2048)
 
 
-def build_unet(kind: str = "two-level", seed: int = 0):
+def build_unet(kind: str, seed: int = 0):
     from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 
     from devtools.standins import reset_all_parameters, seeded

@@ -75,6 +75,12 @@ class Schedule:
     ella_layers: int = 2
     ella_latents: int = 16
 
+    def module_size(self, kind: str) -> tuple[int, int]:
+        """(pictures, steps) of the `kind` module's training: the style overrides where set."""
+        if kind == "style":
+            return self.style_pictures or self.module_pictures, self.style_steps or self.module_steps
+        return self.module_pictures, self.module_steps
+
 
 SCHEDULES = {
     "full": Schedule("full", decoder_steps=800, base_pictures=8000, base_steps=1000, module_pictures=3000,
@@ -168,8 +174,9 @@ def stage_base(w: World) -> None:
     data, s = base_data(w), w.schedule
     unet, ella = base.build_unet(s.unet), base.build_ella(base.ella_config(s.ella_layers, s.ella_latents))
     task = base.BaseTask(unet, ella, data.empty_text)
-    config = TrainConfig(steps=s.base_steps, batch_size=1, lr=s.base_lr, weight_decay=0.01, warmup_iters=min(100, s.base_steps // 3),
-                         decay_to=0.1, checkpoint_every=100, log_every=25, seed=0, val_every=0)
+    config = TrainConfig(steps=s.base_steps, batch_size=1, lr=s.base_lr, weight_decay=0.01,
+                         warmup_iters=min(100, s.base_steps // 3), decay_to=0.1, checkpoint_every=100, log_every=25,
+                         seed=0, val_every=0)
 
     def on_step(step, total, record):
         if step % 25 == 0:
@@ -195,9 +202,9 @@ def stage_checkpoint(w: World) -> None:
     unet = base.build_unet(w.schedule.unet)
     unet.load_state_dict({k: v.float() for k, v in load_file(str(w.runs / "base" / "unet.safetensors")).items()})
     tensors = base.checkpoint_tensors(unet, codec.checkpoint_vae_tensors(codec.fixed_encoder(), load_decoder(w)))
-    save_safetensors_atomic(target, tensors, {"world": json.dumps({"schedule": w.schedule.name,
-                                                                   "base_steps": w.schedule.base_steps, "unet": w.schedule.unet,
-                                                                   "decoder_steps": w.schedule.decoder_steps})})
+    s = w.schedule
+    save_safetensors_atomic(target, tensors, {"world": json.dumps({"schedule": s.name, "base_steps": s.base_steps,
+                                                                   "unet": s.unet, "decoder_steps": s.decoder_steps})})
 
 
 def load_decoder(w: World):
@@ -255,11 +262,9 @@ def base_data(w: World):
 
 
 def stage_module(w: World, kind: str) -> None:
-    from . import modules
-
     from safetensors import safe_open
 
-    from . import features
+    from . import features, modules
 
     target = w.path("emma", OBJECT_MODULE if kind == "object" else STYLE_MODULE)
     if target.is_file():
@@ -272,15 +277,15 @@ def stage_module(w: World, kind: str) -> None:
         target.unlink()
         shutil.rmtree(w.runs / kind, ignore_errors=True)  # its checkpoints would resume the old run
     s = w.schedule
-    pictures = s.style_pictures if kind == "style" and s.style_pictures else s.module_pictures
+    pictures, steps = s.module_size(kind)
     folder = modules.write_dataset(w.data / f"{kind}-dataset", kind, pictures, s.size)
-    steps = s.style_steps if kind == "style" and s.style_steps else s.module_steps
     cmd = [sys.executable, str(REPO_ROOT / "scripts" / "train_emma.py"),
            "--checkpoint", str(w.path("checkpoints", CHECKPOINT)), "--ella", str(w.path("ella", ELLA_FILE)),
            "--t5", str(w.path("text_encoders", T5_FILE)), "--dataset", str(folder), "--modality", kind,
            "--out", str(target), "--run-dir", str(w.runs / kind), "--cache-root", str(w.data / f"{kind}-cache"),
            "--resolution", str(s.size), "--text-length", "flexible", "--steps", str(steps),
-           "--batch-size", str(s.batch), "--lr", str(s.module_lr), "--warmup-iters", str(min(s.module_warmup, steps // 3)), "--decay-to", "0.1",
+           "--batch-size", str(s.batch), "--lr", str(s.module_lr),
+           "--warmup-iters", str(min(s.module_warmup, steps // 3)), "--decay-to", "0.1",
            "--val-fraction", "0.05" if s.validate_every else "0", "--val-every", str(s.validate_every),
            "--checkpoint-every", "100", "--log-every", "25", "--preview-every", str(s.preview_every),
            "--preview-steps", "15", "--cpu"]

@@ -145,16 +145,15 @@ class EMMATask(nn.Module):
         weight = keep_cond.to(tokens.dtype)
         ella_param = next(self.ella.parameters())
         lengths = [t.shape[0] for t in texts]
-        groups, order = [], []
+        groups, grouped_rows = [], []
         for length in sorted(set(lengths)):
             rows = [i for i, n in enumerate(lengths) if n == length]
             idx = torch.tensor(rows, device=tokens.device)
             text = torch.stack([texts[i] for i in rows]).to(ella_param.device, ella_param.dtype)
             groups.append(Group(text, len(rows), assembled_after_block([Branch(module, tokens[idx], weight[idx])])))
-            order += rows
-        order = torch.tensor(order, device=tokens.device)
-        grouped = self.ella.forward_groups(groups, timesteps[order].float())
-        return grouped[torch.argsort(order)]
+            grouped_rows += rows
+        order = torch.tensor(grouped_rows, device=tokens.device)
+        return self.ella.forward_groups(groups, timesteps[order].float())[torch.argsort(order)]
 
     def losses(self, batch: dict, draw: Draw) -> torch.Tensor:
         """Per-row MSE between the predicted and the true noise, [B] float32."""
