@@ -8,6 +8,8 @@ from pathlib import Path
 from . import standins as standin_files
 from .workflow_api import load_ui_workflow, ui_to_api
 
+EXAMPLE_PICTURES = Path(__file__).resolve().parents[1] / "workflows" / "input"
+
 # (node type, input) -> the stand-in file that replaces a missing real model (a function of the real name)
 def standin_for() -> dict[tuple[str, str], object]:
     names = standin_files.standin_names()
@@ -32,19 +34,18 @@ def standin_for() -> dict[tuple[str, str], object]:
 
 
 def ensure_input_images(input_dir: Path, comfy_dir: Path) -> None:
-    """The reference images the shipped workflows name: ComfyUI's example.png and a public-domain face
-    photo (scikit-image's astronaut, NASA)."""
+    """The pictures the shipped workflows name: ComfyUI's own example.png (copied from its tree, as a user's
+    ComfyUI has it in input/), and the pack's references, which the pack itself copies into the input folder
+    when ComfyUI loads it (nodes/example_inputs.py): their absence is that step failing, not set-up to do."""
     import shutil
-
-    from PIL import Image
 
     input_dir = Path(input_dir)
     if not (input_dir / "example.png").exists():
         shutil.copyfile(Path(comfy_dir) / "input" / "example.png", input_dir / "example.png")
-    if not (input_dir / "emma_face.png").exists():
-        from skimage import data
-
-        Image.fromarray(data.astronaut()).save(input_dir / "emma_face.png")
+    missing = [p.name for p in EXAMPLE_PICTURES.iterdir() if p.suffix != ".md" and not (input_dir / p.name).exists()]
+    if missing:
+        raise FileNotFoundError(f"the pack did not copy its example pictures {missing} into {input_dir} when "
+                                "ComfyUI loaded it (nodes/example_inputs.py)")
 
 
 @dataclass

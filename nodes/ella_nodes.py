@@ -40,8 +40,7 @@ class LoadELLA(io.ComfyNode):
 
     @classmethod
     def execute(cls, ella_name) -> io.NodeOutput:
-        with reported_by(cls):
-            path = folder_paths.get_full_path_or_raise("ella", ella_name)
+        path = folders.resolve(cls, "ella_name", "ella", ella_name)
         try:
             return io.NodeOutput(load_ella_handle(path, ella_name))
         except WeightsFileError as error:
@@ -73,7 +72,7 @@ class LoadT5(io.ComfyNode):
     @classmethod
     def execute(cls, t5_name, precision, keep_loaded=False) -> io.NodeOutput:
         with reported_by(cls):
-            return io.NodeOutput(load_t5_handle(folders.resolve_t5(t5_name), t5_name, TOKENIZER_DIR, precision,
+            return io.NodeOutput(load_t5_handle(folders.resolve_t5(cls, t5_name), t5_name, TOKENIZER_DIR, precision,
                                                 keep_loaded))
 
 

@@ -48,8 +48,9 @@ class LoadModule(io.ComfyNode):
 
     @classmethod
     def execute(cls, module_name) -> io.NodeOutput:
+        path = folders.resolve(cls, "module_name", "emma", module_name)
         with reported_by(cls):
-            module = load_module(folder_paths.get_full_path_or_raise("emma", module_name), dtype=connector_dtype())
+            module = load_module(path, dtype=connector_dtype())
         return io.NodeOutput(EMMAModuleHandle(module_name, module))
 
 
@@ -176,9 +177,9 @@ class LoadFeatures(io.ComfyNode):
 
     @classmethod
     def execute(cls, features_name) -> io.NodeOutput:
+        path = folders.resolve(cls, "features_name", "emma_features", features_name)
         with reported_by(cls):
-            return io.NodeOutput(load_features(folder_paths.get_full_path_or_raise("emma_features",
-                                                                                   features_name))[0])
+            return io.NodeOutput(load_features(path)[0])
 
 
 class Condition(io.ComfyNode):

@@ -12,7 +12,7 @@ from comfy_api.latest import io
 
 from ..emma_core.emu import run
 from ..emma_core.emu.curate import REVIEW_NAME, CurationConfig, aesthetic_scorer, clip_scorer, contact_sheet
-from ..emma_core.emu.quality_tune import EmuRecipe
+from ..emma_core.emu.quality_tune import DEFAULT_LR, EmuRecipe
 from ..emma_core.stamps import files_stamp
 from ..emma_core.train.curve import image_tensor, render_loss_curve
 from .trainable import load_for_training, training_clone
@@ -136,7 +136,9 @@ class EmuQualityTune(_ReadsDatasetFolder):
                 io.Combo.Input("mode", options=["lora", "full"], default="lora",
                                tooltip="full fine-tuning saves the weight differences (a large 'diff' LoRA)"),
                 io.Int.Input("max_steps", default=15000, min=1, max=1000000),
-                io.Float.Input("learning_rate", default=1e-4, min=1e-8, max=1.0, step=1e-6),
+                io.Float.Input("learning_rate", default=0.0, min=0.0, max=1.0, step=1e-6,
+                               tooltip=f"0 = the mode's default (lora {DEFAULT_LR['lora']:g}, full "
+                                       f"{DEFAULT_LR['full']:g}); any other value is used as given"),
                 io.Int.Input("rank", default=16, min=1, max=512),
                 io.Int.Input("patience", default=5, min=0, max=1000,
                              tooltip="validations without improvement before stopping; 0 = never stop early"),
@@ -163,7 +165,8 @@ class EmuQualityTune(_ReadsDatasetFolder):
             name += ".safetensors"
         if os.sep in name or "/" in name:
             raise node_error(cls, "lora_name is a file name, not a path")
-        recipe = EmuRecipe(mode=mode, rank=rank, lr=learning_rate, max_steps=max_steps, patience=patience,
+        # learning_rate 0 is "the mode's default": one widget default cannot suit both modes
+        recipe = EmuRecipe(mode=mode, rank=rank, lr=learning_rate or None, max_steps=max_steps, patience=patience,
                            val_every=validate_every, effective_batch=effective_batch, micro_batch=micro_batch,
                            noise_offset=noise_offset, seed=seed,
                            checkpoint_every=validate_every * max(1, 500 // validate_every))

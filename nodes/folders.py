@@ -5,7 +5,10 @@ import os
 
 import folder_paths
 
+from .errors import NodeError, node_error
+
 SAFETENSORS = {".safetensors"}
+SHOWN = 8  # file names a missing-file error lists
 # folder name -> default location under ComfyUI's models dir
 PACK_FOLDERS = {"ella": "ella", "emma": "emma", "emma_features": "emma_features", "insightface": "insightface",
                 "umm": "umm"}
@@ -44,16 +47,44 @@ def t5_choices() -> list[str]:
     return folders + files
 
 
-def resolve_t5(name: str) -> str:
-    """Full path of a choice from t5_choices(); names outside the registered folders are refused. A folder that
-    is there but cannot be loaded (no config.json, no weights) is returned: the loader says what it lacks."""
-    if name.endswith("/"):
-        entry = name.rstrip("/")
-        if entry not in ("", ".", "..") and "/" not in entry and os.sep not in entry:
-            for root in folder_paths.get_folder_paths("text_encoders"):
-                path = os.path.join(root, entry)
-                if os.path.isdir(path):
-                    return path
-        raise FileNotFoundError(f"T5 folder {name!r} is not in any text_encoders folder: "
-                                f"{folder_paths.get_folder_paths('text_encoders')}")
-    return folder_paths.get_full_path_or_raise("text_encoders", name)
+def resolve_t5(node, name: str) -> str:
+    """Full path of a choice from t5_choices() (the input t5_name), else `node`'s error (see resolve). A folder
+    that is there but cannot be loaded (no config.json, no weights) is returned: the loader says what it lacks."""
+    if not name.endswith("/"):
+        return resolve(node, "t5_name", "text_encoders", name, t5_choices())
+    entry = name[:-1]
+    if _inside(entry) and "/" not in entry and "\\" not in entry:
+        for root in folder_paths.get_folder_paths("text_encoders"):
+            path = os.path.join(root, entry)
+            if os.path.isdir(path):
+                return path
+    raise missing(node, "t5_name", "text_encoders", name, t5_choices())
+
+
+def resolve(node, input_name: str, folder: str, name: str, choices: list[str] | None = None) -> str:
+    """Full path of the file `name` that the input `input_name` picked from ComfyUI's `folder` list, looked up
+    in the folders registered for it only. A name that is not there, or that is a path (absolute, or with a
+    '..' part), is `node`'s error naming the input, the name, the folders searched and the fix; it is never
+    opened (ComfyUI itself would quietly look '../x' up as 'x')."""
+    path = folder_paths.get_full_path(folder, name) if _inside(name) else None
+    if path is None:
+        raise missing(node, input_name, folder, name, safetensors_files(folder) if choices is None else choices)
+    return path
+
+
+def missing(node, input_name: str, folder: str, name: str, choices: list[str]) -> NodeError:
+    searched = ", ".join(folder_paths.get_folder_paths(folder)) or "no folder is registered"
+    what = f"is not in the {folder} folders" if _inside(name.removesuffix("/")) else \
+        f"is a path, not a name in the {folder} folders (nothing outside them is opened)"
+    shown = ", ".join(choices[:SHOWN]) + (f" ({len(choices) - SHOWN} more)" if len(choices) > SHOWN else "")
+    pick = f", or pick one from the list: {shown}" if choices else "; the list is empty for now"
+    return node_error(node, f"{input_name}: {name!r} {what} (searched: {searched}). Fix: put "
+                            f"{os.path.basename(name.rstrip('/')) or 'the file'} into one of those folders "
+                            f"(models/{folder}/) and press R in ComfyUI to refresh the list{pick}")
+
+
+def _inside(name: str) -> bool:
+    """A name relative to its folder that stays inside it: not empty, not absolute, no '.' or '..' part."""
+    parts = name.replace("\\", "/").split("/")
+    return bool(name) and not os.path.isabs(name) and not os.path.splitdrive(name)[0] and \
+        all(part not in ("", ".", "..") for part in parts)

@@ -1,7 +1,6 @@
 """UMM-Diffusion: a subject image as a pseudo-word in CLIP's text space, sampled with mixed guidance."""
 from __future__ import annotations
 
-import folder_paths
 from comfy_api.latest import io
 from comfy_extras.nodes_custom_sampler import Guider_DualCFG
 
@@ -26,8 +25,9 @@ class LoadProjector(io.ComfyNode):
 
     @classmethod
     def execute(cls, projector_name) -> io.NodeOutput:
+        path = folders.resolve(cls, "projector_name", "umm", projector_name)
         with reported_by(cls):
-            return io.NodeOutput(load_projector(folder_paths.get_full_path_or_raise("umm", projector_name)))
+            return io.NodeOutput(load_projector(path))
 
 
 def _ids(chunks) -> list[int]:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job from nothing: environment, ComfyUI host, then the ELLA workflow headless -> out/*.png
 #   scripts/demo.sh [--workflow workflows/<name>.json] [--steps N]
-#   scripts/demo.sh --world     builds the world of docs/world.md (about 2 h on 2 cores, resumable) and
+#   scripts/demo.sh --world     builds the world of docs/world.md (about 2 h 15 min on 2 cores, resumable) and
 #                               copies its picture (caption + references -> result) to out/world-picture.png
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -7,7 +7,9 @@ ComfyUI's own loaders imported as a library (no server).
         [--review DATA/emu_review.csv] [--mode lora|full] [--max-steps 15000] [--lr 1e-4] [--rank 16] ...
 
 ComfyUI is found through --comfyui, $EMMA_COMFYUI_DIR or the ComfyUI whose custom_nodes/ holds this pack.
-Runs resume: the same run folder (--run-dir, default <out>.run/) continues from its last checkpoint.
+Runs resume: the same run folder (--run-dir, default ./emu-runs/<out name>/) continues from its last checkpoint.
+Only the LoRA itself is written to --out: the run folder (checkpoints, encoding cache, logs) may not lie in a
+loras folder, where Load LoRA would list its files.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+LORA_FOLDER = "loras"  # ComfyUI's LoRA folder name (models/loras)
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
@@ -51,7 +54,19 @@ def cmd_curate(args) -> int:
     return 0
 
 
+def run_folder(out: Path, given: str | None) -> Path:
+    """The run folder: --run-dir, else ./emu-runs/<out name>/. Never inside a loras folder: ComfyUI lists every
+    file under one (checkpoint-*.pt, the cache, best.safetensors) in Load LoRA."""
+    run_dir = Path(given) if given else Path("emu-runs") / out.stem
+    if LORA_FOLDER in run_dir.resolve().parts:
+        raise SystemExit(f"the run folder {run_dir} lies in a '{LORA_FOLDER}' folder, where Load LoRA would list "
+                         "its checkpoints and cache: give --run-dir outside it (or run from another folder)")
+    return run_dir
+
+
 def cmd_tune(args) -> int:
+    out = Path(args.out)
+    run_dir = run_folder(out, args.run_dir)
     import_comfy(args.comfyui)
     import comfy.model_management as mm
     import comfy.sd
@@ -60,8 +75,6 @@ def cmd_tune(args) -> int:
     from emma_core.emu.quality_tune import EmuRecipe
 
     model, clip, vae = comfy.sd.load_checkpoint_guess_config(args.checkpoint, output_vae=True, output_clip=True)[:3]
-    out = Path(args.out)
-    run_dir = Path(args.run_dir or str(out.with_suffix("")) + ".run")
     recipe = EmuRecipe(mode=args.mode, rank=args.rank, lr=args.lr, max_steps=args.max_steps, patience=args.patience,
                        val_every=args.val_every, effective_batch=args.effective_batch, micro_batch=args.micro_batch,
                        noise_offset=args.noise_offset, seed=args.seed, save_dtype=args.save_dtype,
@@ -82,6 +95,8 @@ def cmd_tune(args) -> int:
 
 
 def main(argv=None) -> int:
+    from emma_core.emu.quality_tune import DEFAULT_LR
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     c = sub.add_parser("curate", help="automatic filters, report, contact sheet, review list")
@@ -100,12 +115,14 @@ def main(argv=None) -> int:
     t.add_argument("--checkpoint", required=True, help="SD1.5 checkpoint file (.safetensors / .ckpt)")
     t.add_argument("--out", required=True, help="the LoRA file to write (e.g. ComfyUI/models/loras/emu.safetensors)")
     t.add_argument("--review", help="review list (default <folder>/emu_review.csv if present)")
-    t.add_argument("--run-dir")
+    t.add_argument("--run-dir", help="checkpoints, encoding cache, logs; resumed from (default ./emu-runs/<out "
+                                      "name>/; never inside a loras folder)")
     t.add_argument("--comfyui")
     t.add_argument("--mode", choices=["lora", "full"], default="lora")
     t.add_argument("--rank", type=int, default=16)
     t.add_argument("--targets", default="transformer", help="attention | transformer | all | a regex")
-    t.add_argument("--lr", type=float, default=None)
+    defaults = ", ".join(f"{mode} {lr:g}" for mode, lr in DEFAULT_LR.items())
+    t.add_argument("--lr", type=float, default=None, help=f"learning rate (default: the mode's, {defaults})")
     t.add_argument("--max-steps", type=int, default=15000)
     t.add_argument("--patience", type=int, default=5)
     t.add_argument("--val-every", type=int, default=100)

@@ -19,7 +19,7 @@ The parts, one concept each (everything is re-exported here: `from devtools.host
     import_comfy(comfy_dir); load_pack_in_process(models_root); run_graph_in_process(api_graph)
 
 Only the standard library is imported at module level: `provision` runs before ComfyUI's requirements
-are installed (scripts/setup_env.sh). The trees and lanes: README.md, "Development".
+are installed (scripts/setup_env.sh). The trees and lanes: docs/development.md, "Test lanes".
 """
 from __future__ import annotations
 

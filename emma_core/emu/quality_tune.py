@@ -43,6 +43,9 @@ log = logging.getLogger(__name__)
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 BEST_FILE = "best.safetensors"
+# The learning rate of each mode when none is given (Emu published none): the node's learning_rate 0 and
+# emu_tune.py without --lr both mean these.
+DEFAULT_LR = {"lora": 1e-4, "full": 1e-5}
 
 
 @dataclass
@@ -55,7 +58,7 @@ class EmuRecipe:
     effective_batch: int = 64        # Emu
     micro_batch: int = 4             # per process and forward pass; accumulation makes up the rest
     max_steps: int = 15000           # Emu: at most 15K iterations
-    lr: Optional[float] = None       # None = 1e-4 for LoRA, 1e-5 for full fine-tuning (not published)
+    lr: Optional[float] = None       # None = DEFAULT_LR[mode]
     weight_decay: float = 0.01
     warmup_steps: int = 100
     grad_clip: float = 1.0
@@ -72,7 +75,9 @@ class EmuRecipe:
     def learning_rate(self) -> float:
         if self.lr is not None:
             return float(self.lr)
-        return 1e-4 if self.mode == "lora" else 1e-5
+        if self.mode not in DEFAULT_LR:
+            raise ValueError(f"mode must be 'lora' or 'full', not {self.mode!r}")
+        return DEFAULT_LR[self.mode]
 
     def grad_accum(self, world: int = 1) -> int:
         return max(1, math.ceil(self.effective_batch / (self.micro_batch * world)))
@@ -188,7 +193,8 @@ class TuneResult:
         how = "early stop" if self.stopped_early else "step limit"
         best = (f"best validation loss {self.best_val_loss:.5f} at step {self.best_step}"
                 if self.best_step is not None else "no validation (too few images?)")
-        return f"trained {self.step} steps ({how}); {best}; saved the weights of step {self.saved_step}"
+        return (f"trained {self.step} steps ({how}) at learning rate {self.metadata['ss_learning_rate']}; {best}; "
+                f"saved the weights of step {self.saved_step}")
 
 
 def save_lora(path: str | os.PathLike, tensors: dict, metadata: Optional[dict] = None) -> Path:
@@ -244,7 +250,8 @@ def quality_tune(unet: nn.Module, denoiser: Denoiser, train_set, val_set, recipe
     best: dict = {}
     meta = kohya_metadata(recipe.rank if recipe.mode == "lora" else 0,
                           (recipe.alpha if recipe.alpha is not None else recipe.rank) if recipe.mode == "lora" else 0,
-                          {"emu_mode": recipe.mode, "emu_recipe": json.dumps(asdict(recipe)), **(extra_metadata or {})})
+                          {"emu_mode": recipe.mode, "emu_recipe": json.dumps(asdict(recipe)),
+                           "ss_learning_rate": recipe.learning_rate(), **(extra_metadata or {})})
 
     def export() -> dict:
         if loras is not None:

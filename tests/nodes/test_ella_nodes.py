@@ -15,10 +15,10 @@ def test_a_t5_folder_without_config_json_says_what_it_lacks(comfy_inprocess, sta
         m["EMMALoadT5"].execute(t5_name="flan-t5-no-config/", precision="auto")
     assert str(error.value).startswith(f"[Load flan-T5 Encoder (ELLA)] {folder}: this T5 folder has no "
                                        "config.json. A Hugging Face folder holds its config.json")
-    with pytest.raises(ValueError, match=r"^\[Load flan-T5 Encoder \(ELLA\)\] T5 folder 'nowhere/' is not in any "
-                                         r"text_encoders folder"):
+    with pytest.raises(ValueError, match=r"^\[Load flan-T5 Encoder \(ELLA\)\] t5_name: 'nowhere/' is not in the "
+                                         r"text_encoders folders \(searched: "):
         m["EMMALoadT5"].execute(t5_name="nowhere/", precision="auto")
-    with pytest.raises(ValueError, match=r"^\[Load flan-T5 Encoder \(ELLA\)\] T5 folder '\.\./' is not in any"):
+    with pytest.raises(ValueError, match=r"^\[Load flan-T5 Encoder \(ELLA\)\] t5_name: '\.\./' is a path, not a name"):
         m["EMMALoadT5"].execute(t5_name="../", precision="auto")  # never a folder outside the registered ones
 
 

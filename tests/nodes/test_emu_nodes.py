@@ -139,3 +139,43 @@ def test_a_number_that_is_nan_infinite_or_out_of_range_names_the_input(comfy_inp
     curate, _tune = emu_nodes(comfy_inprocess)
     with pytest.raises(ValueError, match=rf"^\[Emu Curate Folder\] {name} is {value:g}: give a number from"):
         curate.execute(folder=str(folder), **{**CURATE, name: value})
+
+
+def test_learning_rate_0_is_the_modes_default_and_any_other_value_is_used_as_given(comfy_inprocess, standins,
+                                                                                   folder):
+    """docs/emu.md: 1e-4 for LoRA, 1e-5 for full fine-tuning. The widget's own default must give those (it once
+    was 1e-4, which full mode then trained at); the lr the optimiser ran at is read from the run's log."""
+    from safetensors import safe_open
+
+    _curate, tune = emu_nodes(comfy_inprocess)
+    defaults = {spec.id: spec.default for spec in tune.define_schema().inputs if getattr(spec, "default", None)
+                is not None}
+    assert defaults["learning_rate"] == 0
+    checkpoint = comfy_inprocess.nodes.NODE_CLASS_MAPPINGS["CheckpointLoaderSimple"]().load_checkpoint(
+        standins["checkpoints"])[:3]
+    lora_path = Path(comfy_inprocess.folder_paths.get_folder_paths("loras")[0]) / "emu-test-lr.safetensors"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+
+    def run(mode, **given):
+        inputs = {**defaults, "lora_name": lora_path.name, "folder": str(folder), "review_list": "", "mode": mode,
+                  "max_steps": 1, "rank": 2, "validate_every": 1, "effective_batch": 2, "micro_batch": 2,
+                  "resolution": 32, **given}
+        with torch.inference_mode():
+            report = tune.execute(*checkpoint, **inputs).result[2]
+        run_dir = Path(re.search(r"^run folder (.+)$", report, re.M).group(1))
+        first_lr = float((run_dir / "log.csv").read_text().splitlines()[1].split(",")[3])
+        with safe_open(str(lora_path), "pt") as f:
+            return report, first_lr, f.metadata()["ss_learning_rate"]
+
+    try:
+        full_report, full_lr, full_meta = run("full")
+        lora_report, lora_lr, lora_meta = run("lora")
+        given_report, given_lr, given_meta = run("full", learning_rate=3e-5)
+    finally:
+        torch.set_num_threads(threads)
+        lora_path.unlink(missing_ok=True)
+    # one step into the warm-up: the same schedule factor in every run, so the ratios are the base rates'
+    assert lora_lr / full_lr == pytest.approx(10) and given_lr / full_lr == pytest.approx(3)
+    assert (full_meta, lora_meta, given_meta) == ("1e-05", "0.0001", "3e-05")
+    assert "at learning rate 1e-05;" in full_report and "at learning rate 3e-05;" in given_report

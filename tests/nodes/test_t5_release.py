@@ -105,7 +105,7 @@ def test_a_t5_file_gone_after_release_is_a_clear_error(parts, tmp_path):
     package = type(loader).__module__.rsplit(".", 1)[0]
     handles, folders, ella_nodes = (sys.modules[f"{package}.{name}"] for name in ("handles", "folders", "ella_nodes"))
     copy = tmp_path / "t5-copy.safetensors"
-    shutil.copy(folders.resolve_t5(parts["t5_name"]), copy)  # the stand-in is one .safetensors file
+    shutil.copy(folders.resolve_t5(mapping["EMMALoadT5"], parts["t5_name"]), copy)  # the stand-in is one .safetensors file
     t5 = handles.load_t5_handle(str(copy), "t5-copy", ella_nodes.TOKENIZER_DIR)
     mapping["EMMATextEncode"].execute(ella=ella, t5=t5, text=FIRST, length="flexible")
     assert handles.release_t5_encoders()["t5-copy"] == "freed"
