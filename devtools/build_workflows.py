@@ -173,14 +173,18 @@ class UIWorkflow:
             node["properties"]["models"] = [{"name": model, "url": MODEL_URLS[model],
                                              "directory": MODELS[model].folder}]
         self.nodes.append(node)
-        for slot, (name, (source, source_slot)) in enumerate((inputs or {}).items()):
-            src = self.nodes[source - 1]
-            link_id = len(self.links) + 1
-            link_type = src["outputs"][source_slot]["type"]
-            self.links.append([link_id, source, source_slot, node_id, slot, link_type])
-            src["outputs"][source_slot]["links"].append(link_id)
-            node["inputs"].append({"name": name, "type": link_type, "link": link_id})
+        for name, (source, source_slot) in (inputs or {}).items():
+            self.link(source, source_slot, node_id, name)
         return node_id
+
+    def link(self, source: int, source_slot: int, target: int, name: str) -> None:
+        """An input linked after its node was added (a node placed before the node that feeds it)."""
+        src, node = self.nodes[source - 1], self.nodes[target - 1]
+        link_id = len(self.links) + 1
+        link_type = src["outputs"][source_slot]["type"]
+        self.links.append([link_id, source, source_slot, target, len(node["inputs"]), link_type])
+        src["outputs"][source_slot]["links"].append(link_id)
+        node["inputs"].append({"name": name, "type": link_type, "link": link_id})
 
     def note(self, title: str, text: str, pos=(0, 0), size=(440, 600)) -> int:
         """The workflow's explanation, as a Markdown note (the frontend renders it; the API graph drops it)."""
@@ -234,7 +238,7 @@ def ella_text_nodes(w: UIWorkflow, text: str, clip_vision: bool = False) -> dict
     positive = w.add("EMMATextEncode", [text, "flexible"], {"ella": (ella, 0), "t5": (t5, 0)},
                      pos=(PROMPT_X, 0), size=(420, 200), title="ELLA Text Encode (positive)")
     negative = w.add("EMMATextEncode", ["", "flexible"], {"ella": (ella, 0), "t5": (t5, 0)},
-                     pos=(PROMPT_X, 260), size=(420, 100), title="ELLA Text Encode (negative: empty, as ELLA)")
+                     pos=(PROMPT_X, 260), size=(420, 130), title="ELLA Text Encode (negative: empty, as ELLA)")
     return dict(ckpt=ckpt, ella=ella, t5=t5, vision=vision, positive=positive, negative=negative, models=models,
                 prompt=[positive, negative])
 
@@ -264,14 +268,15 @@ def ella_text_to_image() -> dict:
     return w.to_json()
 
 
-def controlnet(w: UIWorkflow, positive, negative, vae, y=REFERENCE_Y) -> tuple:
+def controlnet(w: UIWorkflow, positive, negative, x=MODELS_X, y=REFERENCE_Y) -> tuple:
     """Canny edges of the control image through the SD1.5 canny ControlNet; the ELLA context reaches it too."""
-    image = w.add("LoadImage", [CONTROL_IMAGE, "image"], pos=(SAMPLE_X, y), size=(320, 320), title="Control image")
-    edges = w.add("Canny", [0.4, 0.8], {"image": (image, 0)}, pos=(OUT_X, y), size=(300, 90))
-    control = w.add("ControlNetLoader", [CANNY_CONTROLNET], pos=(OUT_X, y + 140), size=(320, 60))
+    image = w.add("LoadImage", [CONTROL_IMAGE, "image"], pos=(x, y), size=(320, 320), title="Control image")
+    edges = w.add("Canny", [0.4, 0.8], {"image": (image, 0)}, pos=(x + 360, y), size=(300, 90))
+    control = w.add("ControlNetLoader", [CANNY_CONTROLNET], pos=(x + 360, y + 140), size=(320, 60))
+    # No vae input: an SD1.5 ControlNet takes the control image as pixels (only some other kinds need it).
     applied = w.add("ControlNetApplyAdvanced", [0.8, 0.0, 1.0],
                     {"positive": positive, "negative": negative, "control_net": (control, 0),
-                     "image": (edges, 0), "vae": vae}, pos=(OUT_X, y + 260), size=(320, 190))
+                     "image": (edges, 0)}, pos=(x + 360, y + 260), size=(320, 190))
     w.group("ControlNet", [image, edges, control, applied])
     return (applied, 0), (applied, 1)
 
@@ -287,7 +292,7 @@ def ella_controlnet() -> dict:
         "**Apply ControlNet**: `strength` 0.8; lower it to let the prompt move the edges."))
     w.group("Models", n["models"])
     w.group("Prompt", n["prompt"])
-    positive, negative = controlnet(w, (n["positive"], 0), (n["negative"], 0), (n["ckpt"], 2))
+    positive, negative = controlnet(w, (n["positive"], 0), (n["negative"], 0))
     sampler_tail(w, (n["ckpt"], 0), positive, negative, (n["ckpt"], 2), "EMMA/ella_controlnet")
     return w.to_json()
 
@@ -322,7 +327,7 @@ def image_condition(w: UIWorkflow, vision, module_file, kind, image_name, row: i
     return (condition, 0), [image, features, module, condition]
 
 
-def assemble(w: UIWorkflow, n: dict, conditions, pos=(SAMPLE_X - 460, 430)) -> int:
+def assemble(w: UIWorkflow, n: dict, conditions, pos=(PROMPT_X, 460)) -> int:
     return w.add("EMMAAssemble", [False], {"positive": (n["positive"], 0), "negative": (n["negative"], 0),
                                           "conditions": conditions}, pos=pos, size=(300, 100))
 
@@ -347,7 +352,7 @@ def emma_workflow(title: str, what: str, text: str, conditions, models: list[str
     w.group("References", reference_nodes)
     positive, negative = (assembled, 0), (assembled, 1)
     if with_controlnet:
-        positive, negative = controlnet(w, positive, negative, (n["ckpt"], 2))
+        positive, negative = controlnet(w, positive, negative, x=PROMPT_X + 700)  # right of the references
     sampler_tail(w, (n["ckpt"], 0), positive, negative, (n["ckpt"], 2), prefix)
     return w.to_json()
 
@@ -430,19 +435,21 @@ def emma_two_regions() -> dict:
     left, left_nodes = face_condition(w, 0, FACE_IMAGE, title="Face reference (left person)")
     right, right_nodes = face_condition(w, 1, SECOND_FACE_IMAGE, title="Face reference (right person)")
     regions, region_nodes = [], []
+    x = PROMPT_X + 700  # right of the references' conditions
     for i, (conditions, x0) in enumerate(((left, 0), (right, 256))):
         y = REFERENCE_Y + i * REFERENCE_ROW
-        assembled = assemble(w, n, conditions, pos=(SAMPLE_X, y))
-        empty = w.add("SolidMask", [0.0, 512, 512], pos=(SAMPLE_X, y + 160), size=(260, 106))
-        half = w.add("SolidMask", [1.0, 256, 512], pos=(SAMPLE_X + 300, y + 160), size=(260, 106))
+        assembled = assemble(w, n, conditions, pos=(x, y))
+        region = w.add("ConditioningSetMask", [1.0, "default"], {"conditioning": (assembled, 0)},
+                       pos=(x + 340, y), size=(260, 100), title=f"{('Left', 'Right')[i]} half")
+        empty = w.add("SolidMask", [0.0, 512, 512], pos=(x, y + 170), size=(260, 106))
+        half = w.add("SolidMask", [1.0, 256, 512], pos=(x + 300, y + 170), size=(260, 106))
         mask = w.add("MaskComposite", [x0, 0, "add"], {"destination": (empty, 0), "source": (half, 0)},
-                     pos=(SAMPLE_X + 600, y + 160), size=(260, 130))
-        region = w.add("ConditioningSetMask", [1.0, "default"], {"conditioning": (assembled, 0), "mask": (mask, 0)},
-                       pos=(SAMPLE_X + 600, y), size=(260, 100), title=f"{('Left', 'Right')[i]} half")
+                     pos=(x + 600, y + 170), size=(260, 130))
+        w.link(mask, 0, region, "mask")
         regions.append(region)
-        region_nodes += [assembled, empty, half, mask, region]
+        region_nodes += [assembled, region, empty, half, mask]
     combined = w.add("ConditioningCombine", [], {"conditioning_1": (regions[0], 0), "conditioning_2": (regions[1], 0)},
-                     pos=(SAMPLE_X + 920, REFERENCE_Y), size=(240, 50))
+                     pos=(x + 640, REFERENCE_Y), size=(240, 50))
     w.note("EMMA: two people, one face each", note_text(
         "Regional prompting: the same text, assembled twice with a different face module condition, each under "
         "a mask (left half, right half) and combined. Each person takes the identity of their own reference.",

@@ -1,10 +1,28 @@
-"""Small training folders in the format users make by hand (images + same-name .txt captions)."""
+"""Small training data for tests and demos: folders in the format users make by hand (images + same-name .txt
+captions), and samples already in memory."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
+import torch
 from PIL import Image
+
+
+class InMemoryDataset:
+    """The trainer's dataset interface (emma_core.train.cache.CachedDataset's len / sample / empty_text) over
+    samples already in memory."""
+
+    def __init__(self, samples: list[dict], empty_text: Optional[torch.Tensor] = None):
+        self.samples = [dict(s, index=i) for i, s in enumerate(samples)]
+        self.empty_text = empty_text
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def sample(self, index: int) -> dict:
+        return self.samples[index]
 
 
 def face_dataset(folder: Path, count: int = 4, size: int = 256) -> Path:

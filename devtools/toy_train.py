@@ -32,11 +32,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from devtools.datasets import InMemoryDataset
 from emma_core.adapters import Features
 from emma_core.ella import ELLA, ELLAConfig
 from emma_core.emma_module import EMMAConfig, EMMAModule
 from emma_core.timestep import sinusoid
-from emma_core.train.cache import CacheEncoders, CachedDataset, InMemoryDataset, Subset, build_cache, split_validation
+from emma_core.train.cache import CacheEncoders, CachedDataset, Subset, build_cache, split_validation
 from emma_core.train.dataset import scan_dataset
 from emma_core.train.loop import TrainConfig, evaluate, train
 from emma_core.train.objective import EMMATask

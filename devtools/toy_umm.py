@@ -28,7 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from emma_core.train.cache import InMemoryDataset, Subset, split_validation
+from devtools.datasets import InMemoryDataset
+from emma_core.train.cache import Subset, split_validation
 from emma_core.train.loop import TrainConfig, evaluate, train
 from emma_core.train.schedule import DDPMSchedule
 from emma_core.train.umm import UMMTask, collate_umm, unified_context

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .ella import AdaLayerNorm, SquaredReLUMLP, attend
+from .ella import AdaLayerNorm, SquaredReLUMLP
 
 ATTENTION, FFN = 0, 1  # channels of the separable gate
 
@@ -39,7 +39,7 @@ class TimeAwareAttention(nn.Module):
     def forward(self, latents: torch.Tensor, condition: torch.Tensor, time_embedding: torch.Tensor) -> torch.Tensor:
         queries = self.ln_latents(latents, time_embedding)
         keys_values = torch.cat([queries, self.ln_condition(condition, time_embedding)], dim=1)
-        return attend(self.attn, queries, keys_values)
+        return self.attn(queries, keys_values, keys_values, need_weights=False)[0]
 
 
 class TimeAwareFFN(nn.Module):

@@ -8,16 +8,16 @@ Inside PR block i's slot, every active module's AGPR block adds its gated residu
 with lambda_m = gate_scale_m (from the file) * the module's weight at this call. Summing instead of chaining
 is what makes the order of the modules irrelevant and each module see the stream it was trained on.
 
-This is the one implementation of the gated residual: inference (prompt.ELLAPrompt.context, any number of
-modules, one weight each) and training (train.objective.EMMATask, one module, a weight per row: 0 for rows
-whose condition is dropped) both build their `after_block` here.
+This is the one implementation of the gated residual: inference (prompt.run_contexts, any number of
+modules, a weight per row: its timestep's) and training (train.objective.EMMATask, one module, a weight per
+row: 0 for rows whose condition is dropped) both build their `after_block` here.
 
     context = ella(text, timesteps, after_block=assembled_after_block([Branch(module, tokens, weight), ...]))
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence, Union
+from typing import Any, Sequence, Union
 
 import torch
 
@@ -26,15 +26,21 @@ from .ella import AfterBlock
 from .emma_module import EMMAModule
 
 
-@dataclass
+@dataclass(frozen=True, eq=False)
 class ConditionInput:
-    """One condition as the user wired it: a module, its encoder features, and when and how strongly."""
+    """One condition as the user wired it: a module, its encoder features, and when and how strongly.
+
+    Made once by the node (EMMA Condition) and read unchanged by sampling: the weight at a model call is
+    `weight` inside [start, end] and 0 outside it (prompt.PromptRun holds it per timestep of a run), and
+    becomes the branch's lambda in `_scale`. Compared and hashed by identity."""
 
     module: EMMAModule
     features: Features
     weight: float = 1.0
     start: float = 0.0  # fractions of the denoising schedule, as ComfyUI's start_percent/end_percent:
     end: float = 1.0    # 0 = the first step (highest noise), 1 = the end of sampling
+    handle: Any = None  # what loaded `module` (nodes.handles.EMMAModuleHandle: name, patcher, load token);
+    #                     never read here
 
 
 @dataclass

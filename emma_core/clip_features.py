@@ -1,5 +1,8 @@
 """CLIP vision outputs as EMMA features: patch tokens + global embedding (object, portrait) or the
-global embedding alone (style), and an object mask turned into per-patch weights."""
+global embedding alone (style), and an object mask turned into per-patch weights.
+
+    image_features(clip_vision, IMAGE, kind, mask)   what the Image Features node and the trainer both call
+"""
 from __future__ import annotations
 
 import logging
@@ -69,3 +72,14 @@ def clip_features(
             raise ValueError(f"the mask has {weights.shape[0]} frames but there are {hidden.shape[0]} images")
         tensors["mask"] = weights.expand(hidden.shape[0], -1).contiguous()
     return Features("clip_tokens", tensors, encoder)
+
+
+def image_features(clip_vision, image: torch.Tensor, kind: str, mask: Optional[torch.Tensor] = None,
+                   crop: bool = True, encoder: str = "") -> Features:
+    """IMAGE [B, H, W, 3] through a CLIP vision model -> EMMA features of `kind` ("clip_tokens" or "style"):
+    the one path the Image Features node and the trainer's cache share. `clip_vision` is duck-typed (ComfyUI's
+    ClipVisionModel): .encode_image(IMAGE, crop=...) -> {"penultimate_hidden_states", "image_embeds"}, and
+    .image_size (224 when absent)."""
+    output = clip_vision.encode_image(image, crop=crop)
+    return clip_features(output["penultimate_hidden_states"], output["image_embeds"], kind, mask,
+                         image_size=getattr(clip_vision, "image_size", 224), crop=crop, encoder=encoder)

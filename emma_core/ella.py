@@ -5,14 +5,12 @@ The resampler exposes an `after_block` hook: EMMA's gated branches run between i
 """
 from __future__ import annotations
 
-import threading
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange, repeat
+from einops import repeat
 from torch import nn
 
 from .timestep import sinusoid
@@ -57,45 +55,6 @@ class ELLAConfig:
                 f"time embedding {self.time_embed_dim}, text features {self.input_dim}")
 
 
-MIN_GEMM_ROWS = 4
-
-
-def row_invariant_linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    """layer(x) where each row's result does not depend on the other rows in x.
-
-    The time-dependent linears (time embedding, AdaLN modulations) see one row per timestep. A CPU BLAS
-    rounds a row differently depending on the product's shape and the row's place in it (one or two rows
-    take a matrix-vector path; larger products are tiled), so a context computed for one timestep would
-    differ in the last bits from the same timestep's row of a call made for a whole schedule. On the CPU each
-    row is therefore multiplied alone, in the same 4-row product a single row gets: sampling can compute a
-    schedule in one call and still hand every model call exactly the context of a call made for it alone
-    (torch.equal in the tests). Elsewhere (CUDA) rows are batched: fp16 kernels round at the 1e-3 level anyway
-    and launch count is what costs there.
-    """
-    if x.device.type != "cpu" or getattr(_rows, "batched", False):
-        return layer(x)
-    rows = x.reshape(-1, x.shape[-1])
-    out = [layer(torch.cat([row[None], row[None].expand(MIN_GEMM_ROWS - 1, -1)]))[:1] for row in rows]
-    return torch.cat(out).reshape(*x.shape[:-1], -1)
-
-
-_rows = threading.local()
-
-
-@contextmanager
-def rows_batched():
-    """Within it (in this thread), the time-dependent linears multiply all rows in one product, as on CUDA.
-    For training: there no call is compared with another, and on the CPU the per-row products of a batch
-    with one timestep per row cost a quarter to a third of a step (measured: 0.66 -> 0.46 s for the world
-    base, 16 rows). Sampling never enters it, so its contexts stay exact."""
-    before = getattr(_rows, "batched", False)
-    _rows.batched = True
-    try:
-        yield
-    finally:
-        _rows.batched = before
-
-
 class TimestepEmbedding(nn.Module):
     def __init__(self, in_channels: int, dim: int):
         super().__init__()
@@ -103,8 +62,7 @@ class TimestepEmbedding(nn.Module):
         self.linear_2 = nn.Linear(dim, dim)
 
     def forward(self, sinusoid_features: torch.Tensor) -> torch.Tensor:
-        hidden = F.silu(row_invariant_linear(self.linear_1, sinusoid_features))
-        return row_invariant_linear(self.linear_2, hidden)
+        return self.linear_2(F.silu(self.linear_1(sinusoid_features)))
 
 
 class AdaLayerNorm(nn.Module):
@@ -116,7 +74,7 @@ class AdaLayerNorm(nn.Module):
         self.norm = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
 
     def forward(self, tokens: torch.Tensor, time_embedding: torch.Tensor) -> torch.Tensor:
-        shift, scale = row_invariant_linear(self.linear, F.silu(time_embedding)).chunk(2, dim=-1)
+        shift, scale = self.linear(F.silu(time_embedding)).chunk(2, dim=-1)
         return self.norm(tokens) * (1 + scale) + shift
 
 
@@ -128,25 +86,6 @@ class SquaredReLUMLP(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.c_proj(F.relu(self.c_fc(tokens)) ** 2)
-
-
-def attend(attn: nn.MultiheadAttention, queries: torch.Tensor, keys_values: torch.Tensor) -> torch.Tensor:
-    """attn(queries, keys_values, keys_values) of a batch-first nn.MultiheadAttention (no mask, no dropout),
-    on its own parameters, so the connector files keep their key names.
-
-    Computed batch first throughout: nn.MultiheadAttention transposes to sequence first, and a CPU BLAS
-    rounds the rows of that strided product differently depending on the batch size (1e-6), so a row of a
-    call made for a whole schedule would not equal the same row of a call made for one timestep. Here every
-    product is over contiguous rows, which it rounds the same whatever the batch (the tests hold the two
-    equal with torch.equal, and this equal to nn.MultiheadAttention within float rounding)."""
-    width = attn.embed_dim
-    w_q, w_kv = attn.in_proj_weight.split([width, 2 * width])
-    b_q, b_kv = attn.in_proj_bias.split([width, 2 * width])
-    q = rearrange(F.linear(queries, w_q, b_q), "b n (h d) -> b h n d", h=attn.num_heads)
-    k, v = (rearrange(t, "b n (h d) -> b h n d", h=attn.num_heads)
-            for t in F.linear(keys_values, w_kv, b_kv).chunk(2, dim=-1))
-    out = F.scaled_dot_product_attention(q, k, v)
-    return attn.out_proj(rearrange(out, "b h n d -> b n (h d)"))
 
 
 class PerceiverResamplerBlock(nn.Module):
@@ -167,7 +106,7 @@ class PerceiverResamplerBlock(nn.Module):
         # why padded text changes the result and prompts are run on their true length.
         text = self.ln_2(text, time_embedding)
         keys_values = torch.cat([queries, text.expand(queries.shape[0], -1, -1)], dim=1)
-        return attend(self.attn, queries, keys_values)
+        return self.attn(queries, keys_values, keys_values, need_weights=False)[0]
 
     def feed_forward(self, latents: torch.Tensor, time_embedding: torch.Tensor) -> torch.Tensor:
         return latents + self.mlp(self.ln_ff(latents, time_embedding))
@@ -211,10 +150,10 @@ class PerceiverResampler(nn.Module):
     def forward_groups(self, groups: list[Group], time_embedding: torch.Tensor) -> torch.Tensor:
         """Rows group after group; time_embedding [1 or all rows, 1, time_embed_dim]. What does not depend on
         the text (time modulation, MLPs) runs on all rows at once; attention and the EMMA branches per group,
-        so every row is computed as a call for its group alone would compute it."""
+        so every row is what a call for its group alone computes, within float rounding (prompt.CONTEXT_RTOL)."""
         batch = sum(g.rows for g in groups)
         latents = repeat(self.latents, "n d -> b n d", b=batch)
-        latents = latents + row_invariant_linear(self.time_aware_linear, F.silu(time_embedding))
+        latents = latents + self.time_aware_linear(F.silu(time_embedding))
         texts = [self.proj_in(g.text) for g in groups]
         bounds = [sum(g.rows for g in groups[:i]) for i in range(len(groups) + 1)]
 
@@ -267,5 +206,6 @@ class ELLA(nn.Module):
 
     def forward_groups(self, groups: list[Group], timesteps: torch.Tensor) -> torch.Tensor:
         """Several texts in one call: `groups` in row order, `timesteps` one per row of all groups together
-        (or one for all). Row r of group g equals the same row of `forward` called for g alone."""
+        (or one for all). Row r of group g is the same row of `forward` called for g alone, within float
+        rounding: a BLAS rounds a row differently with the shape of the product it is in."""
         return self.connector.forward_groups(groups, self.embed_time(timesteps))

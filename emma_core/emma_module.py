@@ -15,6 +15,7 @@ string metadata (docs/emma-design.md, format version 2):
     feature_encoder what made the features it was trained on, e.g. "CLIP ViT-H/14" ("" when unknown; v2)
     ella_sha256     sha256 of the ELLA file the module was trained against ("" when unknown)
     training_steps  optimizer steps the weights have seen
+    text_length     the T5 text length it was trained with: "fixed 128" | "flexible" (absent in older files: unknown)
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .atomic import write_atomic
+from .atomic import save_safetensors_atomic
 from .adapters import DEFAULT_DIMS, FEATURE_KINDS, FeatureAdapter, Features, make_adapter
 from .agpr import AGPRBlock
 from .ella import ELLAConfig
@@ -39,6 +40,8 @@ READS = ("1", "2")  # version 1: no ella_config (the released connector), no fea
 MODALITIES = ("face", "object", "portrait", "style", "custom")
 MODALITY_KINDS = {"face": "face", "object": "clip_tokens", "portrait": "clip_tokens", "style": "style"}
 DEFAULT_TOKENS = {"face": 4, "style": 4}
+FIXED_TEXT_LENGTH = 128  # emma_core.t5.FIXED_LENGTH: ELLA's training length
+TEXT_LENGTHS = (f"fixed {FIXED_TEXT_LENGTH}", "flexible")  # how T5 features are cut: padded/truncated, or true
 
 
 @dataclass(frozen=True)
@@ -83,7 +86,7 @@ class EMMAModule(nn.Module):
     """Condition features -> tokens (adapter, once per call); `branch[i]` runs after ELLA's PR block i."""
 
     def __init__(self, config: EMMAConfig, ella_sha256: str = "", training_steps: int = 0,
-                 feature_encoder: str = ""):
+                 feature_encoder: str = "", text_length: str = ""):
         super().__init__()
         self.config = config
         ella = config.ella
@@ -96,6 +99,7 @@ class EMMAModule(nn.Module):
         self.ella_sha256 = ella_sha256
         self.training_steps = training_steps
         self.feature_encoder = feature_encoder
+        self.text_length = text_length  # one of TEXT_LENGTHS, "" when unknown
 
     def condition_tokens(self, features: Features) -> torch.Tensor:
         return self.adapter(features)
@@ -115,6 +119,7 @@ class EMMAModule(nn.Module):
             "feature_encoder": self.feature_encoder or "",
             "ella_sha256": self.ella_sha256 or "",
             "training_steps": str(int(self.training_steps)),
+            **({"text_length": self.text_length} if self.text_length else {}),
         }
 
     def extra_repr(self) -> str:
@@ -125,19 +130,10 @@ class EMMAModule(nn.Module):
 
 # ---- file ------------------------------------------------------------------------------------------
 
-def _write(handle, data: bytes) -> None:
-    """The one place bytes reach the disk (tests replace it to simulate a crash mid-write)."""
-    handle.write(data)
-
-
 def save_module(module: EMMAModule, path: str, dtype: Optional[torch.dtype] = None) -> None:
     """Write `path` atomically: a crash leaves either the old file or the new one, never a torn file."""
-    from safetensors.torch import save
-
-    tensors = {k: (v.to(dtype) if dtype is not None else v).detach().contiguous().cpu()
-               for k, v in module.state_dict().items()}
-    data = save(tensors, metadata=module.metadata())
-    write_atomic(path, lambda handle: _write(handle, data))
+    tensors = {k: (v.to(dtype) if dtype is not None else v) for k, v in module.state_dict().items()}
+    save_safetensors_atomic(path, tensors, module.metadata())
 
 
 _REQUIRED = ("modality", "feature_kind", "feature_dims", "token_count", "blocks", "gate_scale")
@@ -195,13 +191,41 @@ def module_from_state_dict(
         raise WeightsFileError(f"{name} has invalid training_steps: {error}") from error
     try:
         with torch.device("meta"):
-            module = EMMAModule(config, sha, steps, metadata.get("feature_encoder", ""))
+            module = EMMAModule(config, sha, steps, metadata.get("feature_encoder", ""),
+                                metadata.get("text_length", ""))
     except ValueError as error:  # dims or token count that no adapter can take
         raise WeightsFileError(f"{name} has invalid EMMA metadata: {error}") from error
     check_state_dict(state_dict, expected_shapes(module),
                      f"EMMA {config.modality} module ({config.feature_kind} features)", source)
     module.load_state_dict(state_dict, strict=True, assign=True)
     return module.to(dtype=dtype).eval().requires_grad_(False)
+
+
+def prompt_text_length(token_count: int) -> str:
+    """The text length a prompt of `token_count` T5 tokens was encoded with: "fixed 128" gives exactly 128; a
+    flexible prompt of exactly 128 tokens is the same input (nothing padded, nothing cut), so it counts as fixed."""
+    return TEXT_LENGTHS[0] if token_count == FIXED_TEXT_LENGTH else TEXT_LENGTHS[1]
+
+
+def text_length_mismatch(module: EMMAModule, token_count: int) -> Optional[str]:
+    """The prompt's text length when it is not the one `module` was trained with; None when they agree or the
+    module file does not say (files written before the key existed)."""
+    trained = getattr(module, "text_length", "")
+    if not trained:
+        return None
+    used = prompt_text_length(token_count)
+    return None if used == trained else used
+
+
+def text_length_warning(module: EMMAModule, module_name: str, token_count: int) -> Optional[str]:
+    """What to tell the user when a prompt of `token_count` T5 tokens meets `module` under another text length
+    than it was trained with (None when they agree, or the file does not say)."""
+    used = text_length_mismatch(module, token_count)
+    if used is None:
+        return None
+    return (f"module {module_name} was trained with text length {module.text_length!r}, but the prompt was "
+            f"encoded {used!r}; it may follow its reference less well (set ELLA Text Encode's length to "
+            f"{module.text_length!r})")
 
 
 def load_module(path: str, dtype: torch.dtype = torch.float32) -> EMMAModule:

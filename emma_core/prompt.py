@@ -1,4 +1,15 @@
-"""What an ELLA prompt carries through the graph, and its cross-attention context at a timestep."""
+"""What an ELLA prompt carries through the graph, and its cross-attention contexts over a run of timesteps.
+
+One function computes contexts: `run_contexts`, for several prompts over a run of S timesteps in one connector
+call. A single model call is a run of one timestep (`ELLAPrompt.context`), so the context a sampling run
+precomputes for a sigma and the one a call made at that sigma alone computes come from the same code. They
+differ only by float rounding: a BLAS rounds a row differently with the shape of the product it is in (how
+many timesteps and prompts share the call). The contract, held by the tests for every sampler and scheduler:
+
+    |precomputed - alone| <= CONTEXT_RTOL * max|alone|   at every model call (fp32, CPU)
+
+and a repeated computation (same inputs, same shapes) is bit-identical.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -8,6 +19,10 @@ import torch
 
 from .assemble import Branch, ConditionInput, assembled_after_block
 from .ella import ELLA, Group
+
+CONTEXT_RTOL = 5e-6
+"""Relative bound (to the largest |value| of the context) between a context computed within a whole run and
+the same context computed for its timestep alone, in fp32."""
 
 
 @dataclass
@@ -24,18 +39,19 @@ class ELLAPrompt:
     def length(self) -> int:
         return self.text_features.shape[0]
 
-    def with_conditions(self, conditions: list[ConditionInput]) -> "ELLAPrompt":
+    def with_conditions(self, conditions: Sequence[ConditionInput]) -> "ELLAPrompt":
         return ELLAPrompt(self.text_features, self.clip_tokens, [*self.conditions, *conditions])
 
-    def _branch(self, condition: ConditionInput, weight: float) -> Branch:
+    def condition_tokens(self, condition: ConditionInput) -> torch.Tensor:
+        """[1 or R, n, width]: the condition's tokens, on its module's device and in its dtype (cached)."""
         param = next(condition.module.parameters())
-        key = (id(condition), param.device, param.dtype)
+        key = (condition, param.device, param.dtype)  # the condition itself: held here, so never reused
         if key not in self._tokens:
             features = condition.features
             moved = type(features)(features.kind, {k: v.to(param.device, param.dtype)
                                                    for k, v in features.tensors.items()})
             self._tokens[key] = condition.module.condition_tokens(moved)
-        return Branch(condition.module, self._tokens[key], weight)
+        return self._tokens[key]
 
     def context(
         self,
@@ -43,79 +59,74 @@ class ELLAPrompt:
         timesteps: torch.Tensor,
         weight_at: Optional[Callable[[ConditionInput], float]] = None,
     ) -> torch.Tensor:
-        """[1, T, 768] when every row shares one timestep and one set of features, else [B, T, 768] (B: the
-        rows of the timesteps, or of a condition's features when they give one reference per row).
+        """The context of one model call: `run_contexts` for a run of its timestep.
 
-        weight_at(condition) gives a condition's weight at this call (0 outside its start/end range);
-        by default its own weight.
+        timesteps: the call's, one per row (usually all equal). weight_at(condition): a condition's weight at
+        this call (0 outside its start/end range); by default its own weight.
+        Returns [R, T, w] (R: 1, or the rows of the conditions' features) when all rows share the timestep,
+        else [B, T, w], row b at timestep b (with reference b when the features have one per row).
         """
-        param = next(connector.parameters())
-        timesteps = timesteps.reshape(-1).to(param.device, torch.float32)
+        timesteps = torch.as_tensor(timesteps).reshape(-1)
         if bool((timesteps == timesteps[0]).all()):
             timesteps = timesteps[:1]
         weight_at = weight_at or (lambda condition: condition.weight)
-        branches = [self._branch(c, w) for c in self.conditions if (w := weight_at(c)) != 0.0]
-        rows = max([timesteps.shape[0], *(b.tokens.shape[0] for b in branches)])
-        text = self.text_features.to(param.device, param.dtype).unsqueeze(0)
-        after_block = assembled_after_block(branches) if branches else None
-        tokens = connector(text, timesteps, after_block=after_block, rows=rows)
-        if self.clip_tokens is not None:
-            clip = self.clip_tokens.to(tokens.device, tokens.dtype).unsqueeze(0).expand(tokens.shape[0], -1, -1)
-            tokens = torch.cat([tokens, clip], dim=1)
-        return tokens
+        steps = timesteps.shape[0]
+        weights = tuple(torch.full((steps,), float(weight_at(c)), dtype=torch.float64) for c in self.conditions)
+        per_step = run_contexts([PromptRun(self, weights)], connector, timesteps)[0]  # [S, R, T, w]
+        if steps == 1:
+            return per_step[0]
+        if per_step.shape[1] == 1:
+            return per_step[:, 0]
+        if per_step.shape[1] != steps:
+            raise ValueError(f"EMMA features have {per_step.shape[1]} rows but the model call has {steps} "
+                             "timesteps: give one image (used for every row) or one per row")
+        index = torch.arange(steps, device=per_step.device)
+        return per_step[index, index]
 
 
-def schedule_contexts(
-    prompts: Sequence[ELLAPrompt],
-    connector: ELLA,
-    timesteps: torch.Tensor,
-    weights_at: Callable[[ELLAPrompt, ConditionInput], torch.Tensor],
-    max_rows: Optional[int] = None,
-) -> list[torch.Tensor]:
-    """The context of every prompt at each of S timesteps, in ONE connector call (or one per `max_rows`
-    rows): per prompt [S, R, T, w], R = 1, or the rows of its conditions' features (one reference per row).
+@dataclass(frozen=True)
+class PromptRun:
+    """A prompt over a run of S timesteps: `weights[i]` ([S] float64) is the weight of prompt.conditions[i]
+    at each of them, 0 where it is off."""
 
-    weights_at(prompt, condition) -> [S] float64: the condition's weight at each timestep (0 where inactive).
-    Row (s, r) of a prompt is computed exactly as `ELLAPrompt.context` computes row r at timestep s alone: the
-    prompts run as groups of one call (ella.Group: each attends only to its own text, no padding), the text is
-    projected once, the time-dependent linears are row-invariant (ella.row_invariant_linear), and an inactive
-    condition adds an exact 0. The tests hold the two equal with torch.equal.
+    prompt: ELLAPrompt
+    weights: tuple[torch.Tensor, ...]
+
+
+def run_contexts(runs: Sequence[PromptRun], connector: ELLA, timesteps: torch.Tensor) -> list[torch.Tensor]:
+    """The context of every prompt at each of S timesteps, in ONE connector call: per run [S, R, T, w], R = 1
+    or the rows of its conditions' features (one reference per row).
+
+    The prompts are groups of the call (ella.Group: each attends only to its own text, no padding); a
+    condition off at some timesteps runs there with lambda 0 (it adds an exact 0), one off at all of them
+    is left out. See the module docstring for how this compares with a run of one timestep.
     """
+    if not runs:
+        return []
     param = next(connector.parameters())
-    timesteps = timesteps.reshape(-1).to(param.device, torch.float32)
+    timesteps = torch.as_tensor(timesteps).reshape(-1).to(param.device, torch.float32)
     steps = timesteps.shape[0]
-    plans = []  # per prompt: its active conditions' branches, their per-step weights, its rows
-    for prompt in prompts:
-        weights = {id(c): weights_at(prompt, c).reshape(-1).double() for c in prompt.conditions}
-        active = [c for c in prompt.conditions if bool((weights[id(c)] != 0).any())]
-        branches = [prompt._branch(c, 1.0) for c in active]
-        rows = max([1, *(b.tokens.shape[0] for b in branches)])
-        plans.append((prompt, active, branches, weights, rows))
-    per_step_rows = sum(plan[4] for plan in plans)
-    chunk = max(1, (max_rows or steps * per_step_rows) // per_step_rows)  # whole timesteps per call
-    outputs: list[list[torch.Tensor]] = [[] for _ in prompts]
-    for first in range(0, steps, chunk):
-        last = min(first + chunk, steps)
-        count = last - first
-        groups, group_timesteps = [], []
-        for prompt, active, branches, weights, rows in plans:
-            chunk_branches = [
-                Branch(b.module, b.tokens.repeat(count, 1, 1) if b.tokens.shape[0] == rows else b.tokens,
-                       weights[id(c)][first:last].repeat_interleave(rows))
-                for c, b in zip(active, branches)]
-            text = prompt.text_features.to(param.device, param.dtype).unsqueeze(0)
-            groups.append(Group(text, count * rows, assembled_after_block(chunk_branches) if chunk_branches else None))
-            group_timesteps.append(timesteps[first:last].repeat_interleave(rows))
-        tokens = connector.forward_groups(groups, torch.cat(group_timesteps))
-        start = 0
-        for i, group in enumerate(groups):
-            outputs[i].append(tokens[start:start + group.rows])
-            start += group.rows
-    results = []
-    for (prompt, _, _, _, rows), parts in zip(plans, outputs):
-        tokens = torch.cat(parts)
-        if prompt.clip_tokens is not None:
-            clip = prompt.clip_tokens.to(tokens.device, tokens.dtype).unsqueeze(0).expand(tokens.shape[0], -1, -1)
-            tokens = torch.cat([tokens, clip], dim=1)
-        results.append(tokens.reshape(steps, rows, *tokens.shape[1:]))
+    groups, group_timesteps, rows_per_step = [], [], []
+    for run in runs:
+        prompt = run.prompt
+        if len(run.weights) != len(prompt.conditions):
+            raise ValueError(f"{len(run.weights)} weight schedules for {len(prompt.conditions)} conditions")
+        active = [(c, w.reshape(-1).double()) for c, w in zip(prompt.conditions, run.weights) if bool((w != 0).any())]
+        tokens = [prompt.condition_tokens(c) for c, _ in active]
+        rows = max([1, *(t.shape[0] for t in tokens)])
+        branches = [Branch(c.module, t if t.shape[0] == 1 else t.repeat(steps, 1, 1), w.repeat_interleave(rows))
+                    for (c, w), t in zip(active, tokens)]
+        text = prompt.text_features.to(param.device, param.dtype).unsqueeze(0)
+        groups.append(Group(text, steps * rows, assembled_after_block(branches) if branches else None))
+        group_timesteps.append(timesteps.repeat_interleave(rows))
+        rows_per_step.append(rows)
+    tokens = connector.forward_groups(groups, torch.cat(group_timesteps))
+    results, start = [], 0
+    for run, group, rows in zip(runs, groups, rows_per_step):
+        part = tokens[start:start + group.rows]
+        start += group.rows
+        if run.prompt.clip_tokens is not None:
+            clip = run.prompt.clip_tokens.to(part.device, part.dtype).unsqueeze(0).expand(part.shape[0], -1, -1)
+            part = torch.cat([part, clip], dim=1)
+        results.append(part.reshape(steps, rows, *part.shape[1:]))
     return results

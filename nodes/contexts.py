@@ -40,9 +40,6 @@ class ContextCache:
         while len(self.entries) > 1 and self.bytes > self.limit:
             self.entries.popitem(last=False)
 
-    def clear(self) -> None:
-        self.entries.clear()
-
     def clear_device_tables(self) -> None:
         for key in [k for k, table in self.entries.items()
                     if any(t.device.type != "cpu" for t in table.values())]:
@@ -62,17 +59,19 @@ def _digest(h, value) -> None:
         h.update(repr(value).encode())
 
 
-def schedule_key(prompt, connector, timesteps: torch.Tensor, weights: list[torch.Tensor]) -> str:
+def schedule_key(handle, run, timesteps: torch.Tensor) -> str:
+    """The key of a run's contexts (handle: nodes.handles.ELLAHandle; run: emma_core.prompt.PromptRun): the
+    connector and every condition's module by their load tokens (nodes.handles.load_token: never reused,
+    unlike id()), the rest by content."""
+    prompt = run.prompt
+    param = next(handle.connector.parameters())
     h = hashlib.sha256()
-    param = next(connector.parameters())
-    for part in (id(connector), param.device, param.dtype, prompt.text_features, prompt.clip_tokens, timesteps):
+    for part in (handle.token, param.device, param.dtype, prompt.text_features, prompt.clip_tokens, timesteps):
         _digest(h, part)
-    for condition, weight in zip(prompt.conditions, weights):
-        _digest(h, id(condition.module))
+    for condition, weight in zip(prompt.conditions, run.weights):
+        _digest(h, condition.handle.token)
         for name, tensor in sorted(condition.features.tensors.items()):
             _digest(h, name)
             _digest(h, tensor)
         _digest(h, weight)
     return h.hexdigest()
-
-

@@ -4,20 +4,17 @@ from __future__ import annotations
 import logging
 import os
 
-import comfy.model_management as mm
-import comfy.model_patcher
 import folder_paths
 import torch
 from comfy_api.latest import io
 
-from ..emma_core.adapters import Features
 from ..emma_core.assemble import ConditionInput
-from ..emma_core.clip_features import clip_features, encoder_name as clip_encoder_name
-from ..emma_core.emma_module import load_module
-from ..emma_core.face import aligned_crop, cached_analyzer, embed_faces, encoder_name as face_encoder_name, to_uint8_rgb
+from ..emma_core.clip_features import encoder_name as clip_encoder_name, image_features
+from ..emma_core.emma_module import text_length_warning
+from ..emma_core.face import aligned_crop, cached_analyzer, encoder_name as face_encoder_name, face_features, face_frames
 from ..emma_core.features_file import load_features, save_features
 from .errors import check_numbers, node_error, reported_by
-from .handles import connector_dtype
+from .handles import load_emma_handle
 from . import folders
 from .sampling import CONNECTOR_KEY, PROMPT_KEY
 
@@ -25,13 +22,6 @@ MODULE_TYPE = io.Custom("EMMA_MODULE")
 FEATURES_TYPE = io.Custom("EMMA_FEATURES")
 CONDITIONS_TYPE = io.Custom("EMMA_CONDITIONS")
 log = logging.getLogger("ComfyUI-EMMA")
-
-
-class EMMAModuleHandle:
-    def __init__(self, name: str, module):
-        self.name = name
-        self.module = module
-        self.patcher = comfy.model_patcher.ModelPatcher(module, mm.get_torch_device(), mm.unet_offload_device())
 
 
 class LoadModule(io.ComfyNode):
@@ -50,19 +40,7 @@ class LoadModule(io.ComfyNode):
     def execute(cls, module_name) -> io.NodeOutput:
         path = folders.resolve(cls, "module_name", "emma", module_name)
         with reported_by(cls):
-            module = load_module(path, dtype=connector_dtype())
-        return io.NodeOutput(EMMAModuleHandle(module_name, module))
-
-
-def insightface_root() -> str:
-    return folder_paths.get_folder_paths("insightface")[0]
-
-
-def insightface_packs() -> list[str]:
-    models = os.path.join(insightface_root(), "models")
-    found = sorted(d for d in os.listdir(models) if os.path.isdir(os.path.join(models, d))) \
-        if os.path.isdir(models) else []
-    return found or ["antelopev2", "buffalo_l"]
+            return io.NodeOutput(load_emma_handle(path, module_name))
 
 
 class FaceFeatures(io.ComfyNode):
@@ -76,7 +54,7 @@ class FaceFeatures(io.ComfyNode):
                         "into one identity. face_index -1 = the largest face; 0, 1, ... = left to right.",
             inputs=[
                 io.Image.Input("image"),
-                io.Combo.Input("pack", options=insightface_packs()),
+                io.Combo.Input("pack", options=folders.insightface_packs()),
                 io.Int.Input("face_index", default=-1, min=-1, max=32),
                 io.Int.Input("det_size", default=640, min=128, max=1280, step=32),
                 io.Combo.Input("provider", options=["auto", "cpu", "cuda"], default="auto"),
@@ -88,15 +66,12 @@ class FaceFeatures(io.ComfyNode):
     @classmethod
     def execute(cls, image, pack, face_index, det_size, provider) -> io.NodeOutput:
         with reported_by(cls):
-            analyzer = cached_analyzer(insightface_root(), pack, provider, det_size, 0.5)
-            frames = [to_uint8_rgb(image[i], label=f"image {i + 1} of {image.shape[0]}")
-                      for i in range(image.shape[0])]
-            identity = embed_faces(frames, analyzer, index=None if face_index < 0 else face_index)
+            analyzer = cached_analyzer(folders.insightface_root(), pack, provider, det_size, 0.5)
+            frames = face_frames(image)
+            features, identity = face_features(frames, analyzer, None if face_index < 0 else face_index,
+                                               face_encoder_name(pack))
         crop = aligned_crop(frames[0], identity.faces[0], size=224)
-        aligned = torch.from_numpy(crop).float().div(255).unsqueeze(0)
-        features = Features("face", {k: v.float() for k, v in identity.as_tensors().items()},
-                            encoder=face_encoder_name(pack))
-        return io.NodeOutput(features, aligned)
+        return io.NodeOutput(features, torch.from_numpy(crop).float().div(255).unsqueeze(0))
 
 
 class ImageFeatures(io.ComfyNode):
@@ -122,16 +97,13 @@ class ImageFeatures(io.ComfyNode):
 
     @classmethod
     def execute(cls, clip_vision, image, kind, crop, mask=None) -> io.NodeOutput:
-        output = clip_vision.encode_image(image, crop=crop == "center")
         with reported_by(cls, ValueError):
-            features = clip_features(output["penultimate_hidden_states"], output["image_embeds"],
-                                     "style" if kind == "style" else "clip_tokens", mask,
-                                     image_size=clip_vision.image_size, crop=crop == "center",
-                                     encoder=clip_encoder_name(_clip_vision_file(cls)))
+            features = image_features(clip_vision, image, "style" if kind == "style" else "clip_tokens", mask,
+                                      crop=crop == "center", encoder=clip_encoder_name(clip_vision_file(cls)))
         return io.NodeOutput(features)
 
 
-def _clip_vision_file(node) -> str:
+def clip_vision_file(node) -> str:
     """The file of the CLIP vision model when a stock Load CLIP Vision feeds `node` in the running graph (ComfyUI's
     model object does not keep its file name); "" when it is not known."""
     hidden = getattr(node, "hidden", None)
@@ -214,9 +186,7 @@ class Condition(io.ComfyNode):
         except ValueError as error:
             raise node_error(cls, f"module {module.name}: {error}") from error
         _warn_if_other_encoder(module, features)
-        item = ConditionInput(module.module, features, weight, start, end)
-        item.handle = module  # the patcher travels with the condition for memory management
-        return io.NodeOutput([*(conditions or []), item])
+        return io.NodeOutput([*(conditions or []), ConditionInput(module.module, features, weight, start, end, module)])
 
 
 _WARNED_ENCODERS: set = set()  # (module file, features' encoder) pairs already warned about
@@ -272,6 +242,9 @@ def assemble(conditioning, conditions, which: str):
                                  f"{c.module.config.ella.describe()}, but the {which} prompt's connector "
                                  f"{meta[CONNECTOR_KEY].name} has {connector.describe()}: use a module "
                                  "trained with this connector")
+            note = text_length_warning(c.module, c.handle.name, meta[PROMPT_KEY].length)
+            if note:  # files from before the module recorded its text length: nothing to compare
+                log.warning("EMMA Assemble (%s prompt): %s", which, note)
         meta = meta.copy()
         meta[PROMPT_KEY] = meta[PROMPT_KEY].with_conditions(conditions)
         extra = [c.handle.patcher for c in conditions if c.handle.patcher not in meta.get("additional_models", [])]

@@ -31,6 +31,18 @@ def safetensors_files(folder: str) -> list[str]:
     return [n for n in folder_paths.get_filename_list(folder) if n.lower().endswith(".safetensors")]
 
 
+def insightface_root() -> str:
+    return folder_paths.get_folder_paths("insightface")[0]
+
+
+def insightface_packs() -> list[str]:
+    """The face-analysis packs in models/insightface/models/<pack>; the two stock names when there are none."""
+    models = os.path.join(insightface_root(), "models")
+    found = sorted(d for d in os.listdir(models) if os.path.isdir(os.path.join(models, d))) \
+        if os.path.isdir(models) else []
+    return found or ["antelopev2", "buffalo_l"]
+
+
 def t5_choices() -> list[str]:
     """Single .safetensors files in text_encoders, plus Hugging Face folders shown as 'name/'."""
     folders = []

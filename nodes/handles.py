@@ -1,7 +1,8 @@
-"""Objects that travel on the pack's own sockets: a loaded connector and a loaded T5 encoder."""
+"""Objects that travel on the pack's own sockets: a loaded connector, a loaded EMMA module, a loaded T5 encoder."""
 from __future__ import annotations
 
 import gc
+import itertools
 import logging
 import time
 import weakref
@@ -14,10 +15,19 @@ import comfy.patcher_extension
 import torch
 
 from ..emma_core.ella_file import load_ella
+from ..emma_core.emma_module import EMMAModule, load_module
 from .contexts import ContextCache
 from ..emma_core.t5 import T5TextEncoder, compute_dtype, load_t5_encoder, load_tokenizer
 
 log = logging.getLogger("ComfyUI-EMMA")
+
+_LOADS = itertools.count(1)
+
+
+def load_token() -> int:
+    """A number given to each connector or module when it is loaded, never given again in this process: what
+    the cross-run context cache keys them by (an id() is reused once the object is freed)."""
+    return next(_LOADS)
 
 
 @dataclass(eq=False)
@@ -25,6 +35,7 @@ class ELLAHandle:
     name: str
     patcher: comfy.model_patcher.ModelPatcher
     contexts: ContextCache = field(default_factory=ContextCache)  # schedule contexts kept across runs
+    token: int = field(default_factory=load_token)
 
     def __post_init__(self):
         self.patcher.add_callback(comfy.patcher_extension.CallbacksMP.ON_DETACH, self._on_unload)
@@ -48,6 +59,22 @@ def load_ella_handle(path: str, name: str) -> ELLAHandle:
     device = mm.get_torch_device()
     connector = load_ella(path, dtype=connector_dtype())
     return ELLAHandle(name, comfy.model_patcher.ModelPatcher(connector, device, mm.unet_offload_device()))
+
+
+@dataclass(eq=False)
+class EMMAModuleHandle:
+    """A loaded EMMA module on the EMMA_MODULE socket; its patcher joins the sampled model's additional models."""
+
+    name: str
+    module: EMMAModule
+    patcher: comfy.model_patcher.ModelPatcher
+    token: int = field(default_factory=load_token)
+
+
+def load_emma_handle(path: str, name: str) -> EMMAModuleHandle:
+    module = load_module(path, dtype=connector_dtype())
+    return EMMAModuleHandle(name, module,
+                            comfy.model_patcher.ModelPatcher(module, mm.get_torch_device(), mm.unet_offload_device()))
 
 
 # Every T5 handle alive in this process, so that sampling can take them off the compute device (see
@@ -87,23 +114,21 @@ class T5Handle:
         mm.load_model_gpu(self.patcher)
         return self.encoder.encode(text, fixed_length)
 
-    def release(self) -> str:
-        """Take T5 off the compute device now; returns what was done (for logs and the benchmark)."""
+    def release(self) -> None:
+        """Take T5 off the compute device now: moved to its offload device (a GPU machine), or its weights
+        freed (CPU only, when it can be read again from its file); kept with keep_loaded."""
         if self.keep_loaded or not self.weights_loaded:
-            return "kept" if self.keep_loaded else "not loaded"
+            return
         if self.patcher.load_device != self.patcher.offload_device:
             # ComfyUI would keep T5 on the GPU until the UNet ran short of memory.
             _unlist(self.patcher)
             mm.soft_empty_cache()
-            return "offloaded"
-        if torch.device(self.patcher.load_device) != torch.device(mm.get_torch_device()):
-            return "not on the compute device"  # e.g. T5 on the CPU of a low-VRAM GPU machine
-        if self.reload is None:
-            return "kept (no file to read it from again)"
+            return
+        if torch.device(self.patcher.load_device) != torch.device(mm.get_torch_device()) or self.reload is None:
+            return  # e.g. T5 on the CPU of a low-VRAM GPU machine, or no file to read it from again
         _unlist(self.patcher)
         self.encoder.model.to("meta")
         gc.collect()
-        return "freed"
 
     def _reload(self) -> None:
         t0 = time.perf_counter()
@@ -116,9 +141,10 @@ class T5Handle:
                  time.perf_counter() - t0)
 
 
-def release_t5_encoders() -> dict[str, str]:
+def release_t5_encoders() -> None:
     """Take every loaded T5 off the compute device (called as sampling starts)."""
-    return {handle.name: handle.release() for handle in list(_LIVE_T5)}
+    for handle in list(_LIVE_T5):
+        handle.release()
 
 
 def _unlist(patcher) -> None:

@@ -9,8 +9,9 @@ conditioning as a ComfyUI conditioning hook (so a graph without Apply is exact t
   the connector's cache and makes no connector call at all.
 - CALC_COND_BATCH (`emma.ella_context`): at each model call, before ControlNet and the UNet read the
   conditioning, the entry's context is looked up by the call's exact sigma; a sigma the schedule does not hold
-  (samplers that evaluate between steps, e.g. dpm_2) is computed on the spot. The looked-up context equals
-  the computed one bit for bit on the CPU (emma_core.prompt.schedule_contexts).
+  (samplers that evaluate between steps, e.g. dpm_2) is computed on the spot, by the same function (a run of
+  one sigma: emma_core.prompt.run_contexts); the looked-up context equals the one computed for its sigma
+  alone within emma_core.prompt.CONTEXT_RTOL.
 - OUTER_SAMPLE (`emma.release_t5`): flan-T5 leaves the compute device before the UNet is loaded.
 
 Where Apply and the hook both register them, the second of each does nothing (entries already handled).
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 
 import comfy.conds
 import comfy.hooks
@@ -26,10 +28,10 @@ import comfy.model_management
 import comfy.patcher_extension
 import torch
 
-from ..emma_core.prompt import schedule_contexts
+from ..emma_core.prompt import PromptRun, run_contexts
 
 from .contexts import schedule_key
-from .handles import release_t5_encoders
+from .handles import ELLAHandle, release_t5_encoders
 
 log = logging.getLogger("ComfyUI-EMMA")
 
@@ -55,17 +57,27 @@ def schedule_weight(model_sampling, sigma: float):
 
 
 # ---- the wrappers ---------------------------------------------------------------------------------------------
-def _plan(entry: dict, model_sampling, sigmas: torch.Tensor, timesteps: torch.Tensor) -> dict:
+@dataclass
+class EntryPlan:
+    """One ELLA/EMMA conditioning entry over the run's sigmas."""
+
+    entry: dict
+    handle: ELLAHandle
+    run: PromptRun  # the prompt and each condition's weight at every sigma of the run
+    key: str  # its contexts in the handle's cache
+    bytes: int  # what its contexts take
+
+
+def _plan(entry: dict, model_sampling, sigmas: torch.Tensor, timesteps: torch.Tensor) -> EntryPlan:
     prompt, handle = entry[PROMPT_KEY], entry[CONNECTOR_KEY]
-    connector = handle.patcher.model
-    weights = [torch.tensor([schedule_weight(model_sampling, float(s))(c) for s in sigmas], dtype=torch.float64)
-               for c in prompt.conditions]
-    param = next(connector.parameters())
+    weights = tuple(torch.tensor([schedule_weight(model_sampling, float(s))(c) for s in sigmas], dtype=torch.float64)
+                    for c in prompt.conditions)
+    run = PromptRun(prompt, weights)
+    config = handle.connector.config
     rows = max([1, *(c.features.batch for c in prompt.conditions)])
-    tokens = connector.config.num_latents + (0 if prompt.clip_tokens is None else prompt.clip_tokens.shape[0])
-    return {"entry": entry, "prompt": prompt, "handle": handle, "weights": weights,
-            "key": schedule_key(prompt, connector, timesteps, weights),
-            "bytes": sigmas.numel() * rows * tokens * connector.config.width * param.element_size()}
+    tokens = config.num_latents + (0 if prompt.clip_tokens is None else prompt.clip_tokens.shape[0])
+    size = sigmas.numel() * rows * tokens * config.width * next(handle.connector.parameters()).element_size()
+    return EntryPlan(entry, handle, run, schedule_key(handle, run, timesteps), size)
 
 
 def attach_schedules(entries: list, model_sampling, sigmas: torch.Tensor) -> None:
@@ -79,41 +91,35 @@ def attach_schedules(entries: list, model_sampling, sigmas: torch.Tensor) -> Non
         return
     timesteps = model_sampling.timestep(sigmas.to(model_sampling.sigmas.device)).float().cpu()
     plans = [_plan(e, model_sampling, sigmas, timesteps) for e in entries]
-    size = sum(p["bytes"] for p in plans)
+    size = sum(p.bytes for p in plans)
     if size > RUN_LIMIT_MB * 2**20:
         log.info("EMMA: the contexts of this run (%.0f MiB) exceed EMMA_CONTEXT_RUN_MB=%g: computing them per "
                  "model call instead", size / 2**20, RUN_LIMIT_MB)
         for p in plans:
-            p["entry"][CONTEXTS_KEY] = None
+            p.entry[CONTEXTS_KEY] = None
         return
-    missing: dict = {}  # id(handle) -> plans whose table is not cached (one connector call each)
+    tables: dict = {}  # key -> {sigma: context}
+    missing: dict = {}  # handle -> {key: plan} not cached: one connector call per handle
     for p in plans:
-        table = p["handle"].contexts.get(p["key"])
+        table = p.handle.contexts.get(p.key)
         if table is not None:
-            p["entry"][CONTEXTS_KEY] = table
-        else:
-            missing.setdefault(id(p["handle"]), []).append(p)
-    for group in missing.values():
-        unique = {}  # positive and negative may carry the same prompt under one key: computed once
-        for p in group:
-            unique.setdefault(p["key"], p)
-        todo = list(unique.values())
-        handle = todo[0]["handle"]
-        connector = handle.patcher.model
-        if next(connector.parameters()).device.type == "cpu" and comfy.model_management.get_torch_device().type != "cpu":
-            comfy.model_management.load_models_gpu(list(todo[0]["entry"].get("additional_models", [])))
-        weights = {id(c): w for p in todo for c, w in zip(p["prompt"].conditions, p["weights"])}
+            tables[p.key] = table
+        else:  # positive and negative may carry the same prompt under one key: computed once
+            missing.setdefault(p.handle, {}).setdefault(p.key, p)
+    for handle, todo in missing.items():
+        todo = list(todo.values())
+        if next(handle.connector.parameters()).device.type == "cpu" and \
+                comfy.model_management.get_torch_device().type != "cpu":
+            comfy.model_management.load_models_gpu(list(todo[0].entry.get("additional_models", [])))
         with torch.no_grad():
-            contexts = schedule_contexts([p["prompt"] for p in todo], connector, timesteps,
-                                         lambda prompt, c: weights[id(c)])
-        tables = {p["key"]: {float(s): per_sigma[i] for i, s in enumerate(sigmas.tolist())}
-                  for p, per_sigma in zip(todo, contexts)}
-        for key, table in tables.items():
-            handle.contexts.put(key, table)
-        for p in group:
-            p["entry"][CONTEXTS_KEY] = tables[p["key"]]
+            contexts = run_contexts([p.run for p in todo], handle.connector, timesteps)
+        for p, per_sigma in zip(todo, contexts):
+            tables[p.key] = {float(s): per_sigma[i] for i, s in enumerate(sigmas.tolist())}
+            handle.contexts.put(p.key, tables[p.key])
         log.info("EMMA: contexts of %d prompt(s) at %d sigmas, %.2f MiB (bound EMMA_CONTEXT_RUN_MB=%g), in one "
-                 "connector call", len(todo), sigmas.numel(), sum(p["bytes"] for p in todo) / 2**20, RUN_LIMIT_MB)
+                 "connector call", len(todo), sigmas.numel(), sum(p.bytes for p in todo) / 2**20, RUN_LIMIT_MB)
+    for p in plans:
+        p.entry[CONTEXTS_KEY] = tables[p.key]
 
 
 def ella_schedule_wrapper(executor, guider, sigmas, *args, **kwargs):
@@ -127,8 +133,7 @@ def _with_context(entry: dict, timesteps: torch.Tensor, sigma: float, weight_at)
     table = entry.get(CONTEXTS_KEY)
     context = None if table is None else table.get(sigma)
     if context is None:  # a sigma between the schedule's steps (dpm_2, ...) or a run above the bound
-        prompt, handle = entry[PROMPT_KEY], entry[CONNECTOR_KEY]
-        connector = handle.patcher.model
+        prompt, connector = entry[PROMPT_KEY], entry[CONNECTOR_KEY].connector
         device = next(connector.parameters()).device
         if device != timesteps.device and timesteps.device.type != "cpu":
             # Normally loaded with the UNet through "additional_models"; this covers graphs that dropped them.

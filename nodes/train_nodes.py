@@ -10,18 +10,16 @@ import folder_paths
 import torch
 from comfy_api.latest import io
 
-from ..emma_core.ella import ELLA
 from ..emma_core.face import cached_analyzer
 from ..emma_core.state_dict import sha256_file
 from ..emma_core.train.curve import image_tensor, render_loss_curve
-from ..emma_core.train.emma import prepare_cache, train_emma_module
-from ..emma_core.train.encoders import TEXT_LENGTHS, comfy_encoders
+from ..emma_core.train.encoders import TEXT_LENGTHS
+from ..emma_core.train.job import TrainingJob, run_job
 from ..emma_core.train.loop import TrainConfig
-from ..emma_core.train.preview import PreviewSetup
-from ..emma_core.train.objective import comfy_epsilon_denoiser
 from .errors import check_numbers, node_error, reported_by
 from .ella_nodes import ELLA_TYPE, T5_TYPE
-from .emma_nodes import _clip_vision_file, insightface_packs, insightface_root
+from .emma_nodes import clip_vision_file
+from .folders import insightface_packs, insightface_root
 from .trainable import trainable_model
 
 log = logging.getLogger("ComfyUI-EMMA")
@@ -81,56 +79,39 @@ class TrainModule(io.ComfyNode):
         dataset = os.path.expanduser(dataset_path.strip())
         if not os.path.isdir(dataset):
             raise node_error(cls, f"dataset folder {dataset!r} does not exist")
-        out_path = os.path.join(folder_paths.get_folder_paths("emma")[0], stem + ".safetensors")
-        run_dir = os.path.join(folder_paths.get_output_directory(), "emma_training", stem)
         device = mm.get_torch_device()
-        with torch.inference_mode(False), torch.enable_grad():
-            with reported_by(cls, ValueError):
-                analyzer = None
-                if modality == "face":
-                    analyzer = cached_analyzer(insightface_root(), face_pack or "antelopev2",
-                                               "cpu" if device.type == "cpu" else "auto")
-                encoders = comfy_encoders(modality=modality, vae=vae, base_model=model.model, t5=t5,
-                                          resolution=resolution, text_length=text_length, clip_vision=clip_vision,
-                                          face_analyzer=analyzer,
-                                          names={"t5": t5.name, "condition": _clip_vision_file(cls) or None})
-                bar = comfy.utils.ProgressBar(1)
+        bar, last = comfy.utils.ProgressBar(steps), {}
 
-                def cache_progress(n, total):
-                    bar.update_absolute(n, total)
-                    mm.throw_exception_if_processing_interrupted()
+        def show(step, grid):
+            last["grid"] = grid
+            bar.update_absolute(step, steps, ("PNG", grid, 768))
 
-                report, names = prepare_cache(dataset, os.path.join(dataset, ".emma_cache"), encoders,
-                                              progress=cache_progress)
-            log.info("EMMA Train Module: %s", report.text())
+        def cache_progress(n, total):
+            bar.update_absolute(n, total)
+            mm.throw_exception_if_processing_interrupted()
 
-            t5.release()  # the loop reads only the cache: T5 leaves the compute device before the UNet loads
-            base = trainable_model(model).model
-            connector = ella.connector
-            frozen_ella = ELLA(connector.config)
-            frozen_ella.load_state_dict({k: v.detach().clone() for k, v in connector.state_dict().items()})
-            frozen_ella = frozen_ella.to(device=device, dtype=next(connector.parameters()).dtype)
-            config = TrainConfig(steps=steps, batch_size=batch_size, lr=learning_rate, val_every=validate_every,
-                                 early_stopping_patience=early_stopping_patience, checkpoint_every=checkpoint_every,
-                                 seed=seed, preview_every=preview_every)
-            progress = comfy.utils.ProgressBar(steps)
-            last = {}
-
-            def show(step, grid):
-                last["grid"] = grid
-                progress.update_absolute(step, steps, ("PNG", grid, 768))
-
-            preview = PreviewSetup(decode=lambda latents: vae.decode(base.process_latent_out(latents)),
-                                   dataset_dir=dataset, on_image=show) if preview_every else None
-            out = train_emma_module(report.folder, names, modality=modality, ella=frozen_ella,
-                                    denoiser=comfy_epsilon_denoiser(base), out_path=out_path, run_dir=run_dir,
-                                    config=config, device=device, ella_sha256=_ella_sha256(ella),
-                                    val_fraction=validation_split, resume=resume,
-                                    on_step=lambda step, total, record: progress.update_absolute(step, total),
-                                    should_stop=mm.throw_exception_if_processing_interrupted, preview=preview)
+        with torch.inference_mode(False), torch.enable_grad(), reported_by(cls, ValueError):
+            analyzer = cached_analyzer(insightface_root(), face_pack or "antelopev2",
+                                       "cpu" if device.type == "cpu" else "auto") if modality == "face" else None
+            job = TrainingJob(
+                modality=modality, dataset=dataset, run_dir=os.path.join(folder_paths.get_output_directory(),
+                                                                         "emma_training", stem),
+                out_path=os.path.join(folder_paths.get_folder_paths("emma")[0], stem + ".safetensors"),
+                config=TrainConfig(steps=steps, batch_size=batch_size, lr=learning_rate, val_every=validate_every,
+                                   early_stopping_patience=early_stopping_patience,
+                                   checkpoint_every=checkpoint_every, seed=seed, preview_every=preview_every),
+                vae=vae, base_model=model.model, load_base=lambda: trainable_model(model).model,
+                ella=ella.connector, t5=t5, clip_vision=clip_vision, face_analyzer=analyzer,
+                resolution=resolution, text_length=text_length, t5_name=t5.name,
+                clip_vision_name=clip_vision_file(cls), ella_sha256=_ella_sha256(ella),
+                val_fraction=validation_split, resume=resume, device=device)
+            out = run_job(job, cache_progress=cache_progress,
+                          on_cache=lambda report: log.info("EMMA Train Module: %s", report.text()),
+                          on_step=lambda step, total, record: bar.update_absolute(step, total),
+                          should_stop=mm.throw_exception_if_processing_interrupted, on_preview=show)
         curve = out.result.curve or render_loss_curve(out.result.records)
         grid = last.get("grid")
-        return io.NodeOutput(os.path.basename(out_path), image_tensor(curve),
+        return io.NodeOutput(os.path.basename(out.module_path), image_tensor(curve),
                              image_tensor(grid) if grid is not None else torch.zeros(1, 64, 64, 3))
 
 

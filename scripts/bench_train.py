@@ -71,7 +71,7 @@ def main(argv=None) -> int:
     from devtools.real_size import machine_info, random_sd15_unet
     from devtools.standins import TINY_SD15_UNET, reset_all_parameters
     from emma_core.adapters import DEFAULT_DIMS, Features
-    from emma_core.ella import ELLA, rows_batched
+    from emma_core.ella import ELLA
     from emma_core.emma_module import EMMAConfig, EMMAModule
     from emma_core.train.loop import TrainConfig, adamw
     from emma_core.train.objective import EMMATask
@@ -119,7 +119,7 @@ def main(argv=None) -> int:
 
     def step():
         opt.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, dtype=amp, enabled=amp is not None), rows_batched():  # as the loop runs it
+        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):  # as the loop runs it
             loss = task(batch, draw)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)

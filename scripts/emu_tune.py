@@ -24,9 +24,9 @@ if str(REPO) not in sys.path:
 
 
 def import_comfy(comfy_dir: str | None) -> str:
-    """ComfyUI as a library (scripts/comfy_library.py); the CPU only when there is no CUDA or MPS device."""
-    from scripts.comfy_library import ComfyUINotFound
-    from scripts.comfy_library import import_comfy as import_comfy_library
+    """ComfyUI as a library (devtools/host/comfy_import.py); the CPU only when there is no CUDA or MPS device."""
+    from devtools.host.comfy_import import ComfyUINotFound
+    from devtools.host.comfy_import import import_comfy as import_comfy_library
 
     try:
         mods = import_comfy_library(comfy_dir, cpu=None, nodes=False)

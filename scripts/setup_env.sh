@@ -93,7 +93,7 @@ PYEOF
     local tree_args=()
     if [ -n "$tree" ]; then tree_args=(--tree "$tree"); fi
     COMFY_DIR="$("$py" -m devtools.host provision "${tree_args[@]}")"
-    echo "setup_env: $venv: ComfyUI $("$py" -c 'import sys; sys.path.insert(0, "scripts"); import comfy_library as c; print(c.comfyui_version(sys.argv[1]))' "$COMFY_DIR") at $COMFY_DIR"
+    echo "setup_env: $venv: ComfyUI $("$py" -c 'import sys; from devtools.host.comfy_import import comfyui_version; print(comfyui_version(sys.argv[1]))' "$COMFY_DIR") at $COMFY_DIR"
     local comfy_reqs="$venv/.emma-comfy-requirements.txt"
     "$py" -m devtools.host requirements "${tree_args[@]}" > "$comfy_reqs"
 

@@ -90,10 +90,10 @@ def parse_args(argv=None):
 
 
 def import_comfy(comfy_dir: str | None, cpu: bool) -> str:
-    """ComfyUI as a library (scripts/comfy_library.py): --comfyui, $EMMA_COMFYUI_DIR or the ComfyUI this pack
+    """ComfyUI as a library (devtools/host/comfy_import.py): --comfyui, $EMMA_COMFYUI_DIR or the ComfyUI this pack
     is installed in; models stay where this script puts them (--disable-smart-memory)."""
-    from scripts.comfy_library import ComfyUINotFound
-    from scripts.comfy_library import import_comfy as import_comfy_library
+    from devtools.host.comfy_import import ComfyUINotFound
+    from devtools.host.comfy_import import import_comfy as import_comfy_library
 
     try:
         mods = import_comfy_library(comfy_dir, cpu=cpu, nodes=False, disable_smart_memory=True)
@@ -125,82 +125,64 @@ def main(argv=None) -> int:
 
 
 def run(args, rank: int, world: int, device: torch.device) -> int:
+    """Load the frozen models from the files (the encoders on rank 0 only) and train through the job builder;
+    also what the world's build calls in-process (devtools/world/build.py)."""
     comfy_dir = import_comfy(args.comfyui, cpu=device.type == "cpu")
     import comfy.model_management as mm
     import comfy.sd
 
     from emma_core.ella_file import load_ella
-    from emma_core.train.emma import prepare_cache, train_emma_module
-    from emma_core.train.encoders import comfy_encoders
-    from emma_core.train.objective import comfy_epsilon_denoiser
+    from emma_core.train.job import TrainingJob, run_job
 
     patcher, _clip, vae, _ = comfy.sd.load_checkpoint_guess_config(args.checkpoint, output_vae=True,
                                                                     output_clip=False, output_clipvision=False)
     if rank == 0:
         log.info("loaded %s (%s)", args.checkpoint, type(patcher.model).__name__)
-    cache_root = args.cache_root or os.path.join(args.dataset, ".emma_cache")
-    payload = [None]
+
+    def load_base():
+        mm.load_models_gpu([patcher], force_full_load=True)
+        return patcher.model.requires_grad_(False).eval()
+
+    job = TrainingJob(
+        modality=args.modality, dataset=args.dataset, out_path=args.out, run_dir=args.run_dir,
+        cache_root=args.cache_root, config=TrainConfig(
+            steps=args.steps, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
+            weight_decay=args.weight_decay, warmup_iters=args.warmup_iters, decay_to=args.decay_to,
+            grad_clip=args.grad_clip, precision=args.precision, val_every=args.val_every,
+            early_stopping_patience=args.patience, checkpoint_every=args.checkpoint_every,
+            log_every=args.log_every, seed=args.seed, preview_every=args.preview_every),
+        vae=vae, base_model=patcher.model, load_base=load_base,
+        ella=load_ella(args.ella, dtype=torch.float16 if device.type == "cuda" else torch.float32),
+        resolution=args.resolution, text_length=args.text_length, t5_name=os.path.basename(args.t5.rstrip("/")),
+        vae_name=os.path.basename(args.checkpoint),
+        clip_vision_name=os.path.basename(args.clip_vision) if args.clip_vision else "",
+        ella_sha256=sha256_file(args.ella) if rank == 0 else "", val_fraction=args.val_fraction,
+        cond_dropout=args.cond_dropout, text_dropout=args.text_dropout, noise_offset=args.noise_offset,
+        gradient_checkpointing={"auto": None, "on": True, "off": False}[args.gradient_checkpointing],
+        init_from=args.init_from, resume=not args.no_resume, preview_count=args.preview_count,
+        preview_steps=args.preview_steps, preview_cfg=args.preview_cfg, device=device)
     if rank == 0:
+        # The encoders only build the feature cache (rank 0). Without --clip-vision / --insightface-root every
+        # image needs its <name>_ref.safetensors features file.
         from emma_core.t5 import T5TextEncoder, load_t5_encoder, load_tokenizer
 
         t5_dtype = torch.float16 if device.type == "cuda" else torch.float32
-        t5 = T5TextEncoder(load_t5_encoder(args.t5, dtype=t5_dtype).to(device),
-                           load_tokenizer(os.path.join(comfy_dir, "comfy", "text_encoders", "t5_tokenizer")))
-        clip_vision = comfy.clip_vision.load(args.clip_vision) if args.clip_vision else None
-        analyzer = None
+        job.t5 = T5TextEncoder(load_t5_encoder(args.t5, dtype=t5_dtype).to(device),
+                               load_tokenizer(os.path.join(comfy_dir, "comfy", "text_encoders", "t5_tokenizer")))
+        job.clip_vision = comfy.clip_vision.load(args.clip_vision) if args.clip_vision else None
         if args.modality == "face" and args.insightface_root:
             from emma_core.face import FaceAnalyzer
 
-            analyzer = FaceAnalyzer(args.insightface_root, args.pack, "cpu" if device.type == "cpu" else "auto")
-        # Without --clip-vision / --insightface-root every image needs its <name>_ref.safetensors features file.
-        names = {"t5": os.path.basename(args.t5.rstrip("/")), "vae": os.path.basename(args.checkpoint)}
-        if args.clip_vision:
-            names["condition"] = os.path.basename(args.clip_vision)
-        elif analyzer is not None:
-            names["condition"] = f"insightface:{args.pack}"
-        encoders = comfy_encoders(modality=args.modality, vae=vae, base_model=patcher.model, t5=t5,
-                                  resolution=args.resolution, text_length=args.text_length,
-                                  clip_vision=clip_vision, face_analyzer=analyzer, names=names)
-        report, names = prepare_cache(args.dataset, cache_root, encoders,
-                                      progress=lambda n, total: n % 50 == 0 and log.info("encoded %d/%d", n, total))
-        print(report.text(), flush=True)
-        payload = [(str(report.folder), names)]
-        del t5, clip_vision, analyzer
-    if world > 1:
-        dist.broadcast_object_list(payload, src=0)
-    cache_folder, names = payload[0]
-
-    mm.load_models_gpu([patcher], force_full_load=True)
-    base = patcher.model.requires_grad_(False).eval()
-    ella_dtype = torch.float16 if device.type == "cuda" else torch.float32
-    ella = load_ella(args.ella, dtype=ella_dtype).to(device)
-    config = TrainConfig(steps=args.steps, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
-                         preview_every=args.preview_every,
-                         weight_decay=args.weight_decay, warmup_iters=args.warmup_iters, decay_to=args.decay_to,
-                         grad_clip=args.grad_clip,
-                         precision=args.precision, val_every=args.val_every, early_stopping_patience=args.patience,
-                         checkpoint_every=args.checkpoint_every, log_every=args.log_every, seed=args.seed)
-    gc = {"auto": None, "on": True, "off": False}[args.gradient_checkpointing]
+            job.face_analyzer = FaceAnalyzer(args.insightface_root, args.pack,
+                                             "cpu" if device.type == "cpu" else "auto")
 
     def on_step(step, total, record):
         if rank == 0 and (step % max(1, args.log_every) == 0 or step == total):
             extra = f" val {record['val_loss']:.5f}" if record.get("val_loss") is not None else ""
             print(f"step {step}/{total} loss {record['loss']:.5f}{extra}", flush=True)
 
-    preview = None
-    if args.preview_every and rank == 0:
-        from emma_core.train.preview import PreviewSetup
-
-        preview = PreviewSetup(decode=lambda latents: vae.decode(patcher.model.process_latent_out(latents)),
-                               dataset_dir=args.dataset, count=args.preview_count, steps=args.preview_steps,
-                               cfg=args.preview_cfg)
-    out = train_emma_module(cache_folder, names, modality=args.modality, ella=ella,
-                            denoiser=comfy_epsilon_denoiser(base), out_path=args.out, run_dir=args.run_dir,
-                            config=config, device=device, ella_sha256=sha256_file(args.ella) if rank == 0 else "",
-                            val_fraction=args.val_fraction, cond_dropout=args.cond_dropout,
-                            text_dropout=args.text_dropout, noise_offset=args.noise_offset,
-                            gradient_checkpointing=gc, init_from=args.init_from, resume=not args.no_resume,
-                            on_step=on_step, rank=rank, preview=preview)
+    out = run_job(job, cache_progress=lambda n, total: n % 50 == 0 and log.info("encoded %d/%d", n, total),
+                  on_cache=lambda report: print(report.text(), flush=True), on_step=on_step)
     if rank == 0:
         r = out.result
         print(f"wrote {out.module_path} (steps {r.step}, resumed from {r.resumed_from}, best validation "

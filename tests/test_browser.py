@@ -75,7 +75,7 @@ def _chromium_or_skip() -> None:
 def frontend(request, comfy_server, comfy_dir, models_root):
     """(server, label, expected frontend version): the session's server for the host's own frontend, a
     server of its own (same ComfyUI, same models) for an extra frontend."""
-    from scripts.comfy_library import comfyui_version
+    from devtools.host.comfy_import import comfyui_version
 
     version = request.param
     if version == "own":

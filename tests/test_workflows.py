@@ -63,6 +63,17 @@ def test_the_workflow_explains_itself(path):
         assert not grouped & inside, f"group {group['title']!r} overlaps another"
         grouped |= inside
     assert {n["id"] for n in ui["nodes"] if n["type"] not in UI_ONLY_NODE_TYPES} <= grouped, "nodes outside groups"
+    boxes = {n["id"]: (n["pos"][0], n["pos"][1] - 30, n["pos"][0] + n["size"][0], n["pos"][1] + n["size"][1])
+             for n in ui["nodes"]}
+    groups = {g["title"]: (g["bounding"][0], g["bounding"][1], g["bounding"][0] + g["bounding"][2],
+                           g["bounding"][1] + g["bounding"][3]) for g in ui["groups"]}
+    for things in (boxes, groups):  # a readable canvas: nothing drawn over anything else
+        overlapping = [(a, b) for a in things for b in things if a < b and _overlap(things[a], things[b])]
+        assert not overlapping, f"overlapping: {overlapping}"
+
+
+def _overlap(a, b) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
 def test_pack_nodes_are_served(comfy_server):

@@ -2,48 +2,43 @@
 ComfyUI's own loader, graphs run by ComfyUI's own executor.
 
     import_comfy(comfy_dir); load_pack_in_process(models_root); run_graph_in_process(api_graph)
+    object_info(); validate_graph(api_graph)    # ComfyUI's own /object_info handler and validator
 
-Importing ComfyUI itself is scripts/comfy_library.py's job (the one place that knows the import order);
+Importing ComfyUI itself is comfy_import.py's job (the one place that knows the import order);
 this module adds the test host's defaults: the provisioned tree, the CPU, comfy_extras' nodes.
 """
 from __future__ import annotations
 
+import asyncio
 import atexit
 import collections
 import contextlib
+import json
 import os
 import shutil
-import sys
 import tempfile
 import uuid
 from pathlib import Path
 from typing import Any, Optional
 
+from . import comfy_import
 from .errors import ComfyError, ComfyPromptError, execution_error
-from .layout import PACK_LINK_NAME, REPO_ROOT, ensure_model_folders, extra_model_paths_yaml, pack_custom_nodes_dir
+from .layout import PACK_LINK_NAME, ensure_model_folders, extra_model_paths_yaml, pack_custom_nodes_dir
 from .provision import provision
 
 _INPROC: dict[str, Any] = {}
 
 
-def _comfy_library():
-    if str(REPO_ROOT) not in sys.path:
-        sys.path.insert(0, str(REPO_ROOT))
-    from scripts import comfy_library
-
-    return comfy_library
-
-
 def _run_coro(coro):
-    return _comfy_library().run_coroutine(coro)
+    return comfy_import.run_coroutine(coro)
 
 
 def import_comfy(comfy_dir: Optional[os.PathLike] = None, *, builtin_nodes: bool = True, cpu: bool = True) -> dict:
     """Import ComfyUI from comfy_dir (default: the provisioned tree, or $EMMA_COMFYUI_DIR) into this process
     (once) and return its main modules; `cpu=False` lets ComfyUI pick the GPU (benchmarks), as a server
-    started without --cpu would. See scripts/comfy_library.py for the import order it keeps."""
-    mods = _comfy_library().import_comfy(Path(comfy_dir or provision()).resolve(), cpu=cpu, nodes=True,
-                                         builtin_nodes=builtin_nodes)
+    started without --cpu would. See comfy_import.py for the import order it keeps."""
+    mods = comfy_import.import_comfy(Path(comfy_dir or provision()).resolve(), cpu=cpu, nodes=True,
+                                     builtin_nodes=builtin_nodes)
     _INPROC.update(mods)
     return dict(mods)
 
@@ -141,6 +136,35 @@ def _executor(execution, server):
     return executor
 
 
+def object_info() -> dict:
+    """The dict GET /object_info returns, made by the handler of ComfyUI's own server.PromptServer (no socket
+    is opened; the server object is made once per process)."""
+    import_comfy(_INPROC.get("comfy_dir"))
+    import server  # ComfyUI's server.py
+
+    prompt_server, loop = getattr(server.PromptServer, "instance", None), None
+    if prompt_server is None or not hasattr(prompt_server, "routes"):
+        loop = asyncio.new_event_loop()
+        prompt_server = server.PromptServer(loop)
+    handler = next((route.handler for route in prompt_server.routes
+                    if getattr(route, "method", None) == "GET" and getattr(route, "path", None) == "/object_info"),
+                   None)
+    if handler is None:
+        raise ComfyError("server.PromptServer has no GET /object_info route")
+    try:
+        response = loop.run_until_complete(handler(None)) if loop is not None else _run_coro(handler(None))
+    finally:
+        if loop is not None:
+            loop.close()
+    return json.loads(response.body)
+
+
+def validate_graph(api_graph: dict, prompt_id: Optional[str] = None) -> tuple:
+    """ComfyUI's own execution.validate_prompt: (ok, error, good output ids, node errors)."""
+    execution = import_comfy(_INPROC.get("comfy_dir"))["execution"]
+    return _run_coro(execution.validate_prompt(prompt_id or uuid.uuid4().hex, api_graph, None))
+
+
 def run_graph_in_process(api_graph: dict, prompt_id: Optional[str] = None) -> dict:
     """Validate and execute an API graph with ComfyUI's own execution.PromptExecutor.
 
@@ -151,7 +175,7 @@ def run_graph_in_process(api_graph: dict, prompt_id: Optional[str] = None) -> di
     mods = import_comfy(_INPROC.get("comfy_dir"))
     execution = mods["execution"]
     prompt_id = prompt_id or uuid.uuid4().hex
-    valid = _run_coro(execution.validate_prompt(prompt_id, api_graph, None))
+    valid = validate_graph(api_graph, prompt_id)
     if not valid[0]:
         raise ComfyPromptError(f"invalid graph: {valid[1]}; node_errors={valid[3]}", valid[1], valid[3])
     executor = _executor(execution, _ServerStub())

@@ -11,7 +11,8 @@ Stages (each skipped when its output exists; the training stages resume from the
   codec    the VAE: fixed encoder, decoder trained on world pictures -> models/vae_approx/taesd_*.safetensors
   base     UNet + ELLA pre-training on captioned pictures -> runs/base/unet.safetensors, models/ella
   checkpoint  the UNet and the VAE as one SD1.5 checkpoint -> models/checkpoints
-  object   the object module, trained by scripts/train_emma.py (the pack's trainer) -> models/emma
+  object   the object module, trained in this process by scripts/train_emma.py's run (the pack's trainer: the
+           job builder emma_core/train/job.py, as the node) -> models/emma
   style    the style module, likewise
   eval     sampling through ComfyUI, reading, the report -> <out>/ (docs/world for the full schedule)
 
@@ -21,29 +22,25 @@ data/, eval/. Weights are never committed; the report, the grids and the plots a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
-import os
 import shutil
-import subprocess
-import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-from devtools.host import DEFAULT_CACHE, REPO_ROOT
+from devtools.host import DEFAULT_CACHE
 
+from . import report
 from . import scene as world
+from .files import CHECKPOINT, ELLA_FILE, OBJECT_MODULE, STYLE_MODULE, T5_FILE
 
 log = logging.getLogger("world")
 STAGES = ("t5", "codec", "base", "checkpoint", "object", "style", "eval")
-CHECKPOINT = "emma-world-sd15.safetensors"
-ELLA_FILE = "emma-world-ella.safetensors"
-T5_FILE = "emma-world-flan-t5-standin.safetensors"
-OBJECT_MODULE = "emma-world-object.safetensors"
-STYLE_MODULE = "emma-world-style.safetensors"
+_TRAINER_THREADS: list = []  # torch's own thread count, as main() found it before --threads (see _trainer_threads)
 
 
 @dataclass(frozen=True)
@@ -279,24 +276,53 @@ def stage_module(w: World, kind: str) -> None:
     s = w.schedule
     pictures, steps = s.module_size(kind)
     folder = modules.write_dataset(w.data / f"{kind}-dataset", kind, pictures, s.size)
-    cmd = [sys.executable, str(REPO_ROOT / "scripts" / "train_emma.py"),
-           "--checkpoint", str(w.path("checkpoints", CHECKPOINT)), "--ella", str(w.path("ella", ELLA_FILE)),
-           "--t5", str(w.path("text_encoders", T5_FILE)), "--dataset", str(folder), "--modality", kind,
-           "--out", str(target), "--run-dir", str(w.runs / kind), "--cache-root", str(w.data / f"{kind}-cache"),
-           "--resolution", str(s.size), "--text-length", "flexible", "--steps", str(steps),
-           "--batch-size", str(s.batch), "--lr", str(s.module_lr),
-           "--warmup-iters", str(min(s.module_warmup, steps // 3)), "--decay-to", "0.1",
-           "--val-fraction", "0.05" if s.validate_every else "0", "--val-every", str(s.validate_every),
-           "--checkpoint-every", "100", "--log-every", "25", "--preview-every", str(s.preview_every),
-           "--preview-steps", "15", "--cpu"]
-    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
-    log.info("%s module: %s", kind, " ".join(cmd[1:]))
-    subprocess.run(cmd, check=True, env=env, cwd=REPO_ROOT)
+    args = ["--checkpoint", str(w.path("checkpoints", CHECKPOINT)), "--ella", str(w.path("ella", ELLA_FILE)),
+            "--t5", str(w.path("text_encoders", T5_FILE)), "--dataset", str(folder), "--modality", kind,
+            "--out", str(target), "--run-dir", str(w.runs / kind), "--cache-root", str(w.data / f"{kind}-cache"),
+            "--resolution", str(s.size), "--text-length", "flexible", "--steps", str(steps),
+            "--batch-size", str(s.batch), "--lr", str(s.module_lr),
+            "--warmup-iters", str(min(s.module_warmup, steps // 3)), "--decay-to", "0.1",
+            "--val-fraction", "0.05" if s.validate_every else "0", "--val-every", str(s.validate_every),
+            "--checkpoint-every", "100", "--log-every", "25", "--preview-every", str(s.preview_every),
+            "--preview-steps", "15", "--cpu"]
+    log.info("%s module: scripts/train_emma.py %s", kind, " ".join(args))
+    train_module(args)
+
+
+def train_module(args: list[str]) -> None:
+    """scripts/train_emma.py with these arguments, in this process (one process, CPU): the CLI's own mapping
+    onto the job builder, under the ComfyUI this process imported."""
+    import torch
+
+    from devtools.host import import_comfy
+    from scripts import train_emma
+
+    comfy_dir = import_comfy(builtin_nodes=False)["comfy_dir"]
+    options = train_emma.parse_args([*args, "--comfyui", str(comfy_dir)])
+    with _trainer_threads():
+        train_emma.run(options, 0, 1, torch.device("cpu"))
+    import comfy.model_management as mm
+
+    mm.unload_all_models()  # the module stage's checkpoint leaves ComfyUI's loaded models; the eval loads its own
+    mm.soft_empty_cache()
+
+
+@contextlib.contextmanager
+def _trainer_threads():
+    """The trainer runs on torch's own thread count, as it did in its own process: `--threads` (there to run the
+    codec and base stages side by side) never reached it."""
+    import torch
+
+    before = torch.get_num_threads()
+    if _TRAINER_THREADS:
+        torch.set_num_threads(_TRAINER_THREADS[0])
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def stage_eval(w: World) -> None:
-    from . import report
-
     report.run(w)
 
 
@@ -343,9 +369,10 @@ def main(argv=None) -> int:
     b.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    if args.threads:
-        import torch
+    import torch
 
+    _TRAINER_THREADS[:] = [torch.get_num_threads()]
+    if args.threads:
         torch.set_num_threads(args.threads)
     run(args.schedule, args.until, args.root, args.only)
     return 0

@@ -22,6 +22,7 @@ import numpy as np
 
 from . import scene as world
 from .evaluate import ATTRIBUTES, CHANCE, Case, ModuleUse, Sampling, WorldModels, evaluate, score
+from .files import CHECKPOINT, ELLA_FILE, OBJECT_MODULE, STYLE_MODULE, T5_FILE
 
 WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5)
 HALVES = {"first half [0, 0.5]": ModuleUse(1.0, 0.0, 0.5), "second half [0.5, 1]": ModuleUse(1.0, 0.5, 1.0)}
@@ -213,9 +214,8 @@ def world_picture(models, sampling, w, out: Path) -> Path:
 
 
 def run(w) -> dict:
+    """Measure the built world `w` (build.World: schedule, root, models) and write its report."""
     from devtools.host import REPO_ROOT, load_pack_in_process
-
-    from .build import CHECKPOINT, ELLA_FILE, OBJECT_MODULE, STYLE_MODULE, T5_FILE
 
     s = w.schedule
     out = REPO_ROOT / s.out if s.out else Path(w.root) / "report"

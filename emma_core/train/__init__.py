@@ -7,7 +7,7 @@
     loop.train(task, train_set, TrainConfig, run_dir) the generic loop (AdamW, warm-up, AMP, DDP, resume)
     emma.train_emma(...)                              all of the above for one EMMA module (both front ends)
 """
-from .cache import CacheEncoders, CachedDataset, InMemoryDataset, Subset, build_cache, split_validation
+from .cache import CacheEncoders, CachedDataset, Subset, build_cache, split_validation
 from .checkpoint import load_latest, save_checkpoint
 from .curve import render_loss_curve
 from .dataset import DatasetItem, DatasetScan, scan_dataset
@@ -15,7 +15,7 @@ from .loop import TrainConfig, TrainResult, evaluate, train
 from .objective import EMMATask, collate, comfy_epsilon_denoiser
 from .schedule import DDPMSchedule, scaled_linear_alphas_cumprod, warmup_factor
 
-__all__ = ["CacheEncoders", "CachedDataset", "InMemoryDataset", "Subset", "build_cache", "split_validation",
+__all__ = ["CacheEncoders", "CachedDataset", "Subset", "build_cache", "split_validation",
            "load_latest", "save_checkpoint", "render_loss_curve", "DatasetItem", "DatasetScan", "scan_dataset",
            "TrainConfig", "TrainResult", "evaluate", "train", "EMMATask", "collate", "comfy_epsilon_denoiser",
            "DDPMSchedule", "scaled_linear_alphas_cumprod", "warmup_factor"]

@@ -239,20 +239,6 @@ class CachedDataset:
         return names[0] if names else ""
 
 
-class InMemoryDataset:
-    """The same interface over samples already in memory (tests, benchmarks, other trainers)."""
-
-    def __init__(self, samples: list[dict], empty_text: Optional[torch.Tensor] = None):
-        self.samples = [dict(s, index=i) for i, s in enumerate(samples)]
-        self.empty_text = empty_text
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def sample(self, index: int) -> dict:
-        return self.samples[index]
-
-
 class Subset:
     def __init__(self, base, indices: Sequence[int]):
         self.base, self.indices = base, list(indices)

@@ -20,7 +20,7 @@ from typing import Optional
 
 import torch
 
-from ..atomic import remove_stale_temporaries, write_atomic, write_json_atomic
+from .. import atomic
 
 log = logging.getLogger(__name__)
 
@@ -31,11 +31,6 @@ _NAME = re.compile(r"^checkpoint-(\d{8})\.pt$")
 
 def checkpoint_name(step: int) -> str:
     return f"checkpoint-{step:08d}.pt"
-
-
-def _dump(state: dict, handle) -> None:
-    """The one place checkpoint bytes reach the disk (tests replace it to simulate a crash mid-write)."""
-    torch.save(state, handle)
 
 
 def rng_state() -> dict:
@@ -75,8 +70,8 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, state: dict, keep: in
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / checkpoint_name(step)
     payload = {"format": FORMAT, "version": VERSION, "step": int(step), **state}
-    write_atomic(path, lambda h: _dump(payload, h))
-    write_json_atomic(run_dir / "latest.json", {"step": int(step), "file": path.name})
+    atomic.write_atomic(path, lambda h: torch.save(payload, h))
+    atomic.write_json_atomic(run_dir / "latest.json", {"step": int(step), "file": path.name})
     if keep > 0:
         for old in sorted(list_checkpoints(run_dir))[:-keep]:
             try:
@@ -105,7 +100,7 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
 def load_latest(run_dir: str | os.PathLike, map_location="cpu") -> Optional[dict]:
     """The newest checkpoint that loads (latest.json first), or None when the run has none."""
     run_dir = Path(run_dir)
-    remove_stale_temporaries(run_dir)
+    atomic.remove_stale_temporaries(run_dir)
     candidates = []
     latest = run_dir / "latest.json"
     if latest.is_file():

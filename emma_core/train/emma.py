@@ -1,4 +1,4 @@
-"""One EMMA module from a dataset folder: what both front ends (the ComfyUI node, scripts/train_emma.py) call.
+"""One EMMA module from a built feature cache (job.py puts the front ends' loaded models together around it).
 
     report = prepare_cache(dataset_dir, cache_root, encoders)          # rank 0 only under torchrun
     out = train_emma_module(report.folder, names, modality=..., ella=..., denoiser=..., out_path=..., ...)
@@ -62,7 +62,9 @@ def train_emma_module(cache_folder, names, *, modality: str, ella, denoiser, out
         raise ValueError(f"the cache holds {data.feature_kind()!r} features; a {modality} module needs "
                          f"{module_config.feature_kind!r}")
     torch.manual_seed(config.seed)  # the same initial weights on every process
-    module = EMMAModule(module_config, ella_sha256=ella_sha256, feature_encoder=data.feature_encoder())
+    # The cache's text length is the one the module learns under: the file records it (Assemble warns on another).
+    module = EMMAModule(module_config, ella_sha256=ella_sha256, feature_encoder=data.feature_encoder(),
+                        text_length=str(data.fingerprint.get("text_length", "")))
     if init_from:  # e.g. the paper's portrait model, fine-tuned from the object model
         start = load_module(init_from)
         if start.config.feature_kind != module_config.feature_kind or start.config.feature_dims != module_config.feature_dims:

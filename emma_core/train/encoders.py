@@ -17,12 +17,11 @@ from typing import Optional
 import torch
 
 from ..adapters import Features
-from ..clip_features import clip_features
-from ..emma_module import MODALITY_KINDS
-from ..t5 import FIXED_LENGTH
+from ..clip_features import image_features
+from ..emma_module import FIXED_TEXT_LENGTH, MODALITY_KINDS, TEXT_LENGTHS
 from .cache import CacheEncoders
 
-TEXT_LENGTHS = (f"fixed {FIXED_LENGTH}", "flexible")
+__all__ = ["TEXT_LENGTHS", "clip_condition", "comfy_encoders", "face_condition", "module_fingerprint"]
 
 
 def module_fingerprint(module) -> str:
@@ -44,21 +43,19 @@ def module_fingerprint(module) -> str:
 
 
 def face_condition(analyzer):
-    from ..face import embed_faces, to_uint8_rgb
+    """The cache's face encoder: emma_core.face.face_features (as the Face Features node) on the image."""
+    from ..face import face_features, face_frames
 
     def encode(image: torch.Tensor, mask=None) -> Features:
-        identity = embed_faces([to_uint8_rgb(image[0])], analyzer)  # FaceError (a ValueError) -> skipped
-        return Features("face", {k: v.float() for k, v in identity.as_tensors().items()})
+        return face_features(face_frames(image[:1]), analyzer)[0]  # FaceError (a ValueError) -> skipped
 
     return encode
 
 
 def clip_condition(clip_vision, kind: str, crop: bool = True):
+    """The cache's CLIP encoder: emma_core.clip_features.image_features (as the Image Features node)."""
     def encode(image: torch.Tensor, mask: Optional[torch.Tensor] = None) -> Features:
-        output = clip_vision.encode_image(image, crop=crop)
-        return clip_features(output["penultimate_hidden_states"], output["image_embeds"], kind,
-                             mask if kind == "clip_tokens" else None,
-                             image_size=getattr(clip_vision, "image_size", 224), crop=crop)
+        return image_features(clip_vision, image, kind, mask if kind == "clip_tokens" else None, crop=crop)
 
     return encode
 
@@ -70,7 +67,9 @@ def comfy_encoders(*, modality: str, vae, base_model, t5, resolution: int, text_
         raise ValueError(f"training supports the modalities {sorted(MODALITY_KINDS)}, not {modality!r}")
     if resolution % 8:
         raise ValueError(f"resolution must be a multiple of 8 (the VAE's cell), got {resolution}")
-    fixed = FIXED_LENGTH if text_length.startswith("fixed") else None
+    if text_length not in TEXT_LENGTHS:
+        raise ValueError(f"text_length is one of {TEXT_LENGTHS}, not {text_length!r}")
+    fixed = FIXED_TEXT_LENGTH if text_length == TEXT_LENGTHS[0] else None
     # Without an encoder every image must bring its reference's features (<name>_ref.safetensors).
     condition, cond_id, encoder_name = None, "features files", ""
     if kind == "face" and face_analyzer is not None:

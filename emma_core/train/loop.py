@@ -27,7 +27,6 @@ from typing import Callable, Optional
 import torch
 import torch.distributed as dist
 
-from ..ella import rows_batched
 from . import checkpoint as ckpt
 from .curve import render_loss_curve
 from .schedule import cosine_factor, warmup_factor
@@ -144,8 +143,7 @@ def evaluate(task, dataset, batch_size: int, device=None) -> Optional[float]:
     try:
         for start in range(0, len(mine), batch_size):
             batch = _to_device(task.collate([dataset.sample(i) for i in mine[start:start + batch_size]]), device)
-            with rows_batched():
-                losses = task.validation_losses(batch)
+            losses = task.validation_losses(batch)
             total[0] += losses.double().sum()
             total[1] += losses.numel()
     finally:
@@ -168,6 +166,151 @@ def adamw(params: list, config: TrainConfig) -> torch.optim.AdamW:
         return torch.optim.AdamW(params, **kwargs)
 
 
+@dataclass
+class _Run:
+    """One run's state: what a checkpoint holds and a resume restores, plus what the steps share."""
+    task: torch.nn.Module
+    config: TrainConfig
+    config_dict: dict                  # the config as plain values (checkpoints and summary.json)
+    run_dir: Path
+    rank: int
+    world: int
+    params: list
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    amp_dtype: Optional[torch.dtype]
+    scaler: torch.amp.GradScaler
+    generator: torch.Generator
+    order: DataOrder
+    tlog: TrainLog
+    model: torch.nn.Module = None      # the task, or its DistributedDataParallel wrapper
+    step: int = 0
+    resumed_from: Optional[int] = None
+    best: float = math.inf
+    best_step: Optional[int] = None
+    bad: int = 0                       # validations since the best one
+    stopped_early: bool = False
+
+    @property
+    def device(self) -> torch.device:
+        return self.task.device
+
+    @property
+    def global_batch(self) -> int:
+        return self.config.batch_size * self.world * self.config.grad_accum
+
+    def best_val(self) -> Optional[float]:
+        return None if math.isinf(self.best) else self.best
+
+
+def _start(task, train_set, config: TrainConfig, run_dir) -> _Run:
+    rank, world = _world()
+    device = task.device
+    params = [p for p in task.trainable.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the task has no trainable parameters")
+    optimizer = adamw(params, config)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: warmup_factor(s, config.warmup_iters, config.warmup_start)
+        * cosine_factor(s, config.warmup_iters, config.steps, config.decay_to))
+    amp_dtype = _precision(config.precision, device)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16 and device.type == "cuda")
+    return _Run(task, config, {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()},
+                Path(run_dir), rank, world, params, optimizer, scheduler, amp_dtype, scaler,
+                torch.Generator(device=device).manual_seed(config.seed * 1000 + rank),
+                DataOrder(len(train_set), config.seed), TrainLog(run_dir, enabled=rank == 0))
+
+
+def _resume(run: _Run, train_set, state: Optional[dict]) -> None:
+    """Restore the run from checkpoint `state`; without one, clear the log an earlier run left."""
+    if state is None:
+        if run.rank == 0 and run.run_dir.exists():
+            for name in ("log.csv", "log.jsonl"):
+                (run.run_dir / name).unlink(missing_ok=True)
+        return
+    if state.get("world_size", 1) != run.world:
+        raise ValueError(f"{run.run_dir} was trained with {state.get('world_size')} processes; resume it with the "
+                         f"same number (now {run.world}) or start a new run folder")
+    run.task.trainable.load_state_dict(state["trainable"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    if state.get("scaler"):
+        run.scaler.load_state_dict(state["scaler"])
+    run.generator.set_state(state["generators"][run.rank].cpu())
+    ckpt.set_rng_state(state["rng"][run.rank])
+    run.order = DataOrder(len(train_set), run.config.seed, state["order"]["epoch"], state["order"]["offset"])
+    if state["order"]["count"] != len(train_set):
+        raise ValueError(f"the training set has {len(train_set)} samples but the checkpoint was made with "
+                         f"{state['order']['count']}: the dataset or cache changed; start a new run folder")
+    run.step = run.resumed_from = int(state["step"])
+    run.best = state["best"]["val"] if state["best"]["val"] is not None else math.inf
+    run.best_step, run.bad = state["best"]["step"], state["best"]["bad"]
+    if run.rank == 0:
+        run.tlog.restore(state["records"])
+    log.info("EMMA training: resumed %s at step %d", run.run_dir, run.step)
+
+
+def _step(run: _Run, train_set) -> dict:
+    """One optimiser step (grad_accum micro-batches per process); its record for the log."""
+    config, task, device, world, rank, amp_dtype = run.config, run.task, run.device, run.world, run.rank, run.amp_dtype
+    run.optimizer.zero_grad(set_to_none=True)
+    indices = run.order.take(run.global_batch)
+    loss_sum = 0.0
+    for micro in range(config.grad_accum):
+        chunk = indices[(micro * world + rank) * config.batch_size:(micro * world + rank + 1) * config.batch_size]
+        batch = _to_device(task.collate([train_set.sample(i) for i in chunk]), device)
+        sync = contextlib.nullcontext() if (world == 1 or micro == config.grad_accum - 1) else run.model.no_sync()
+        with sync:
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                loss = run.model(batch, run.generator)
+            run.scaler.scale(loss / config.grad_accum).backward()
+        loss_sum += float(loss.detach())
+    run.scaler.unscale_(run.optimizer)
+    grad_norm = torch.nn.utils.clip_grad_norm_(run.params, config.grad_clip if config.grad_clip > 0 else math.inf)
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.scheduler.step()
+    run.step += 1
+    return {"step": run.step, "loss": _mean_across(loss_sum / config.grad_accum, device),
+            "lr": run.optimizer.param_groups[0]["lr"], "grad_norm": float(grad_norm)}
+
+
+def _validate(run: _Run, val_set, record: dict, on_best) -> None:
+    """The held-out loss into `record`; keeps the best one and decides an early stop."""
+    config = run.config
+    val = evaluate(run.task, val_set, config.batch_size, run.device)
+    record["val_loss"] = val
+    if val < run.best - config.early_stopping_min_delta:
+        run.best, run.best_step, run.bad = val, run.step, 0
+        if on_best is not None and run.rank == 0:
+            on_best(run.task.trainable, run.step, val)
+    else:
+        run.bad += 1
+    if config.early_stopping_patience and run.bad >= config.early_stopping_patience:
+        run.stopped_early = True
+
+
+def _save(run: _Run) -> None:
+    """A checkpoint of the step just done (rank 0 writes it; every rank's generator and RNG states go in)."""
+    gens = [run.generator.get_state().cpu()]
+    rngs = [ckpt.rng_state()]
+    if run.world > 1:
+        gathered = [None] * run.world
+        dist.all_gather_object(gathered, (gens[0], rngs[0]))
+        gens, rngs = [g for g, _ in gathered], [r for _, r in gathered]
+    if run.rank == 0:
+        ckpt.save_checkpoint(run.run_dir, run.step, {
+            "trainable": {k: v.detach().cpu() for k, v in run.task.trainable.state_dict().items()},
+            "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
+            "scaler": run.scaler.state_dict() if run.scaler.is_enabled() else {},
+            "generators": gens, "rng": rngs, "order": run.order.state(), "world_size": run.world,
+            "best": {"val": run.best_val(), "step": run.best_step, "bad": run.bad},
+            "records": run.tlog.records, "config": run.config_dict,
+        }, keep=run.config.keep_checkpoints)
+    if run.world > 1:
+        dist.barrier()
+
+
 def train(task, train_set, config: TrainConfig, run_dir, val_set=None, resume: bool = True,
           on_step: Optional[Callable[[int, int, dict], None]] = None,
           on_best: Optional[Callable[[torch.nn.Module, int, float], None]] = None,
@@ -177,142 +320,53 @@ def train(task, train_set, config: TrainConfig, run_dir, val_set=None, resume: b
     on_best(module, step, val_loss) on rank 0 when validation improves; on_preview(step) on rank 0 every
     config.preview_every steps and at the end (sample pictures); should_stop() may raise to abort
     (ComfyUI's interrupt), after which the last checkpoint is intact."""
-    run_dir = Path(run_dir)
-    rank, world = _world()
-    device = task.device
-    module = task.trainable
-    params = [p for p in module.parameters() if p.requires_grad]
-    if not params:
-        raise ValueError("the task has no trainable parameters")
-    optimizer = adamw(params, config)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: warmup_factor(s, config.warmup_iters, config.warmup_start)
-        * cosine_factor(s, config.warmup_iters, config.steps, config.decay_to))
-    amp_dtype = _precision(config.precision, device)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16 and device.type == "cuda")
-    generator = torch.Generator(device=device).manual_seed(config.seed * 1000 + rank)
-    global_batch = config.batch_size * world * config.grad_accum
-    order = DataOrder(len(train_set), config.seed)
-    tlog = TrainLog(run_dir, enabled=rank == 0)
-    step, resumed_from, best, best_step, bad = 0, None, math.inf, None, 0
-
-    state = ckpt.load_latest(run_dir, map_location="cpu") if resume else None
-    if state is not None:
-        if state.get("world_size", 1) != world:
-            raise ValueError(f"{run_dir} was trained with {state.get('world_size')} processes; resume it with the "
-                             f"same number (now {world}) or start a new run folder")
-        module.load_state_dict(state["trainable"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        generator.set_state(state["generators"][rank].cpu())
-        ckpt.set_rng_state(state["rng"][rank])
-        order = DataOrder(len(train_set), config.seed, state["order"]["epoch"], state["order"]["offset"])
-        if state["order"]["count"] != len(train_set):
-            raise ValueError(f"the training set has {len(train_set)} samples but the checkpoint was made with "
-                             f"{state['order']['count']}: the dataset or cache changed; start a new run folder")
-        step = resumed_from = int(state["step"])
-        best = state["best"]["val"] if state["best"]["val"] is not None else math.inf
-        best_step, bad = state["best"]["step"], state["best"]["bad"]
-        if rank == 0:
-            tlog.restore(state["records"])
-        log.info("EMMA training: resumed %s at step %d", run_dir, step)
-    elif rank == 0 and run_dir.exists():
-        for name in ("log.csv", "log.jsonl"):
-            (run_dir / name).unlink(missing_ok=True)
-
-    model = task
-    if world > 1:
+    run = _start(task, train_set, config, run_dir)
+    _resume(run, train_set, ckpt.load_latest(run.run_dir, map_location="cpu") if resume else None)
+    run.model = task
+    if run.world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
-        model = DistributedDataParallel(task, device_ids=[device] if device.type == "cuda" else None)
-
-    def save(at_step: int) -> None:
-        gens = [generator.get_state().cpu()]
-        rngs = [ckpt.rng_state()]
-        if world > 1:
-            gathered = [None] * world
-            dist.all_gather_object(gathered, (gens[0], rngs[0]))
-            gens, rngs = [g for g, _ in gathered], [r for _, r in gathered]
-        if rank == 0:
-            ckpt.save_checkpoint(run_dir, at_step, {
-                "trainable": {k: v.detach().cpu() for k, v in module.state_dict().items()},
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict() if scaler.is_enabled() else {},
-                "generators": gens, "rng": rngs, "order": order.state(), "world_size": world,
-                "best": {"val": None if math.isinf(best) else best, "step": best_step, "bad": bad},
-                "records": tlog.records, "config": {k: (list(v) if isinstance(v, tuple) else v)
-                                                     for k, v in asdict(config).items()},
-            }, keep=config.keep_checkpoints)
-        if world > 1:
-            dist.barrier()
-
-    stopped_early = False
+        run.model = DistributedDataParallel(task, device_ids=[run.device] if run.device.type == "cuda" else None)
+    validating = config.val_every > 0 and val_set is not None and len(val_set) > 0
     t_last, samples_since = time.perf_counter(), 0
     task.train()
-    while step < config.steps:
+    while run.step < config.steps and not run.stopped_early:
         if should_stop is not None:
             should_stop()
-        optimizer.zero_grad(set_to_none=True)
-        indices = order.take(global_batch)
-        loss_sum = 0.0
-        for micro in range(config.grad_accum):
-            chunk = indices[(micro * world + rank) * config.batch_size:(micro * world + rank + 1) * config.batch_size]
-            batch = _to_device(task.collate([train_set.sample(i) for i in chunk]), device)
-            sync = contextlib.nullcontext() if (world == 1 or micro == config.grad_accum - 1) else model.no_sync()
-            with sync:
-                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None), rows_batched():
-                    loss = model(batch, generator)
-                scaler.scale(loss / config.grad_accum).backward()
-            loss_sum += float(loss.detach())
-        scaler.unscale_(optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, config.grad_clip if config.grad_clip > 0 else math.inf)
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
-        step += 1
-        samples_since += global_batch
-        record = {"step": step, "loss": _mean_across(loss_sum / config.grad_accum, device),
-                  "lr": optimizer.param_groups[0]["lr"], "grad_norm": float(grad_norm)}
-        validate = config.val_every > 0 and val_set is not None and len(val_set) > 0 and (
-            step % config.val_every == 0 or step == config.steps)
-        if validate:
-            val = evaluate(task, val_set, config.batch_size, device)
-            record["val_loss"] = val
-            if val < best - config.early_stopping_min_delta:
-                best, best_step, bad = val, step, 0
-                if on_best is not None and rank == 0:
-                    on_best(module, step, val)
-            else:
-                bad += 1
-            if config.early_stopping_patience and bad >= config.early_stopping_patience:
-                stopped_early = True
-        if step % max(1, config.log_every) == 0 or validate or step == config.steps or stopped_early:
+        record = _step(run, train_set)
+        step, last = run.step, run.step == config.steps
+        samples_since += run.global_batch
+        if validating and (step % config.val_every == 0 or last):
+            _validate(run, val_set, record, on_best)
+        end = last or run.stopped_early
+        if step % max(1, config.log_every) == 0 or "val_loss" in record or end:
             now = time.perf_counter()
             record["seconds"] = now - t_last
             record["samples_per_second"] = samples_since / max(now - t_last, 1e-9)
             t_last, samples_since = now, 0
-            tlog.add(record)
+            run.tlog.add(record)
         if on_step is not None:
             on_step(step, config.steps, record)
-        if on_preview is not None and rank == 0 and config.preview_every and (
-                step % config.preview_every == 0 or step == config.steps or stopped_early):
+        if on_preview is not None and run.rank == 0 and config.preview_every and (
+                step % config.preview_every == 0 or end):
             on_preview(step)
-        if stopped_early or step == config.steps or (config.checkpoint_every and step % config.checkpoint_every == 0):
-            save(step)
-        if stopped_early:
-            log.info("EMMA training: early stop at step %d (best validation %.5f at step %s)", step, best, best_step)
-            break
+        if end or (config.checkpoint_every and step % config.checkpoint_every == 0):
+            _save(run)
+    if run.stopped_early:
+        log.info("EMMA training: early stop at step %d (best validation %.5f at step %s)", run.step, run.best,
+                 run.best_step)
+    return _finish(run)
 
+
+def _finish(run: _Run) -> TrainResult:
+    """The loss curve and summary.json (rank 0), and the result."""
     curve = None
-    if rank == 0:
-        curve = render_loss_curve(tlog.records)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        curve.save(run_dir / "loss_curve.png")
-        tlog.summary({"step": step, "resumed_from": resumed_from, "stopped_early": stopped_early,
-                      "best_val_loss": None if math.isinf(best) else best, "best_step": best_step,
-                      "world_size": world, "global_batch": global_batch,
-                      "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()}})
-    return TrainResult(step, resumed_from, stopped_early, None if math.isinf(best) else best, best_step,
-                       list(tlog.records), curve)
+    if run.rank == 0:
+        curve = render_loss_curve(run.tlog.records)
+        run.run_dir.mkdir(parents=True, exist_ok=True)
+        curve.save(run.run_dir / "loss_curve.png")
+        run.tlog.summary({"step": run.step, "resumed_from": run.resumed_from, "stopped_early": run.stopped_early,
+                          "best_val_loss": run.best_val(), "best_step": run.best_step, "world_size": run.world,
+                          "global_batch": run.global_batch, "config": run.config_dict})
+    return TrainResult(run.step, run.resumed_from, run.stopped_early, run.best_val(), run.best_step,
+                       list(run.tlog.records), curve)

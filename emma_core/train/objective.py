@@ -105,7 +105,8 @@ class EMMATask(nn.Module):
         return next(self.trainable.parameters()).device
 
     # ---- randomness -------------------------------------------------------------------------------
-    def draw(self, batch: dict, generator: torch.Generator, train: bool = True) -> Draw:
+    def draw(self, batch: dict, generator: torch.Generator) -> Draw:
+        """A training step's randomness: noise, timesteps and which rows drop their text or condition."""
         latents = batch["latents"]
         b, device = latents.shape[0], latents.device
         noise = torch.randn(latents.shape, generator=generator, device=device)
@@ -114,9 +115,6 @@ class EMMATask(nn.Module):
                                                             device=device)
         timesteps = torch.randint(0, self.schedule.steps, (b,), generator=generator, device=device)
         u = torch.rand((2, b), generator=generator, device=device)
-        if not train:
-            return Draw(noise, timesteps, torch.ones(b, dtype=torch.bool, device=device),
-                        torch.ones(b, dtype=torch.bool, device=device))
         return Draw(noise, timesteps, u[0] >= self.text_dropout, u[1] >= self.cond_dropout)
 
     def validation_draw(self, batch: dict, seed: int = 1234) -> Draw:
@@ -181,7 +179,7 @@ class EMMATask(nn.Module):
         return F.mse_loss(prediction.float(), draw.noise.float(), reduction="none").flatten(1).mean(1)
 
     def forward(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
-        return self.losses(batch, self.draw(batch, generator, train=True)).mean()
+        return self.losses(batch, self.draw(batch, generator)).mean()
 
     @torch.no_grad()
     def validation_losses(self, batch: dict, seed: int = 1234) -> torch.Tensor:

@@ -30,11 +30,6 @@ class DDPMSchedule:
         a = self.alphas_cumprod.to(x0.device)[timesteps].float().view(-1, *([1] * (x0.ndim - 1)))
         return (a.sqrt() * x0.float() + (1.0 - a).sqrt() * noise.float()).to(x0.dtype)
 
-    def sigmas(self) -> torch.Tensor:
-        """ComfyUI's sigma for each DDPM step: sqrt((1 - a) / a)."""
-        a = self.alphas_cumprod
-        return ((1.0 - a) / a).sqrt()
-
 
 def warmup_factor(step: int, warmup_iters: int = 1000, start: float = 0.1) -> float:
     """Linear warm-up of the learning rate from `start` x lr to lr over `warmup_iters` optimizer steps

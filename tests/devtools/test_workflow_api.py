@@ -1,7 +1,7 @@
 """Tests for devtools.workflow_api (UI workflow -> API prompt) against the REAL ComfyUI object_info.
 
-ComfyUI (the tree at $COMFYUI_DIR or <repo>/.cache/ComfyUI) is imported in-process by
-devtools.comfy_inproc; its real /object_info handler and execution.validate_prompt are used.
+ComfyUI (the provisioned tree, or $EMMA_COMFYUI_DIR) is imported in-process by devtools.host; its real
+/object_info handler and execution.validate_prompt are used.
 """
 
 import copy
@@ -15,7 +15,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-from devtools import comfy_inproc  # noqa: E402
+from devtools import host  # noqa: E402
 from devtools.host import model_folder  # noqa: E402
 from devtools.workflow_api import (  # noqa: E402
     find_nodes,
@@ -26,24 +26,19 @@ from devtools.workflow_api import (  # noqa: E402
     widget_map,
 )
 
-COMFY_DIR = comfy_inproc.default_comfy_dir()
-pytestmark = [
-    pytest.mark.host,  # imports the real ComfyUI in-process (`pytest -m "not host"` skips it)
-    pytest.mark.skipif(not os.path.isfile(os.path.join(COMFY_DIR, "nodes.py")),
-                       reason=f"no ComfyUI tree at {COMFY_DIR}"),
-]
+pytestmark = pytest.mark.host  # imports the real ComfyUI in-process (`pytest -m "not host"` skips it)
 
 MODEL_EXTS = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".sft", ".gguf")
 
 
 @pytest.fixture(scope="session")
-def object_info():
-    return comfy_inproc.object_info(COMFY_DIR)
+def comfy(comfy_dir):
+    return host.import_comfy(comfy_dir)
 
 
 @pytest.fixture(scope="session")
-def comfy(object_info):
-    return comfy_inproc.load_comfy(COMFY_DIR)
+def object_info(comfy):
+    return host.object_info()
 
 
 @pytest.fixture
@@ -73,7 +68,7 @@ def _make_images(api, directory):
 
 
 def _validate(api):
-    return comfy_inproc.validate_prompt(copy.deepcopy(api), COMFY_DIR)
+    return host.validate_graph(copy.deepcopy(api), "devtools")
 
 
 def _only_missing_model_errors(result):

@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from emma_core.ella import ELLA, ELLAConfig, attend, rows_batched
+from emma_core.ella import ELLA, ELLAConfig, Group
+from emma_core.prompt import CONTEXT_RTOL, ELLAPrompt, PromptRun, run_contexts
 from emma_core.ella_file import ella_from_state_dict, load_ella, save_ella
 from emma_core.state_dict import WeightsFileError
 
@@ -137,37 +138,35 @@ def test_per_row_timesteps_equal_separate_calls():
     assert not torch.allclose(first, second, atol=1e-3)
 
 
-def test_training_batches_the_time_linears_and_sampling_keeps_rows_exact():
+def assert_within_contract(got, alone):
+    """The exactness contract of emma_core.prompt: within CONTEXT_RTOL of the largest |value|."""
+    error = float((got - alone).abs().max() / alone.abs().max())
+    assert error <= CONTEXT_RTOL, error
+    return error
+
+
+def test_a_whole_schedule_in_one_call_equals_each_timestep_alone_within_the_contract():
     model = ella_from_state_dict(official_state_dict(seed=5)).float()
-    # one text at a schedule's timesteps: sampling computes the schedule in one call
-    text, timesteps = torch.randn(1, 7, 2048), torch.tensor([999.0, 700.0, 411.0, 90.0, 3.0])
-    calls = []
-    model.connector.perceiver_blocks[0].ln_1.linear.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    g = torch.Generator().manual_seed(6)
+    # prompts of different lengths as groups of one call, over a schedule's timesteps
+    prompts = [ELLAPrompt(torch.randn(n, 2048, generator=g)) for n in (17, 1, 40)]
+    timesteps = torch.tensor([999.0, 935.3, 700.0, 411.0, 250.5, 90.0, 31.2, 3.0])
     with torch.no_grad():
-        exact = model(text, timesteps)
-        rows_alone = [model(text, timesteps[i:i + 1]) for i in range(5)]
-        assert calls[:5] == [4] * 5  # one 4-row product per timestep row: the exact path
-        calls.clear()
-        with rows_batched():
-            batched = model(text, timesteps)
-        assert calls == [5]  # all rows in one product
-        after = model(text, timesteps)
-    assert all(torch.equal(exact[i:i + 1], rows_alone[i]) for i in range(5))
-    assert torch.allclose(batched, exact, atol=1e-5, rtol=0)
-    assert torch.equal(after, exact)  # the exact path is back once the block ends
+        whole = run_contexts([PromptRun(p, ()) for p in prompts], model, timesteps)
+        again = run_contexts([PromptRun(p, ()) for p in prompts], model, timesteps)
+        for prompt, contexts in zip(prompts, whole):
+            assert contexts.shape == (8, 1, 64, 768)
+            for i, t in enumerate(timesteps):
+                alone = prompt.context(model, t.reshape(1))
+                assert_within_contract(contexts[i], alone)
+                # the per-call route is a run of one timestep: the connector alone gives it too
+                assert torch.equal(alone, model.forward_groups([Group(prompt.text_features[None], 1)], t.reshape(1)))
+    assert all(torch.equal(a, b) for a, b in zip(whole, again))  # a rerun is bit-identical
 
 
-def test_attention_is_multihead_attention_and_each_row_is_computed_as_if_alone():
-    torch.manual_seed(4)
-    attn = torch.nn.MultiheadAttention(768, 8, batch_first=True).eval()
-    queries, keys_values = torch.randn(3, 64, 768), torch.randn(3, 83, 768)
-    with torch.no_grad():
-        ours = attend(attn, queries, keys_values)
-        torch_mha = attn(queries, keys_values, keys_values, need_weights=False)[0]
-        alone = [attend(attn, queries[i:i + 1], keys_values[i:i + 1]) for i in range(3)]
-    assert torch.allclose(ours, torch_mha, atol=2e-6, rtol=0), (ours - torch_mha).abs().max()
-    # a row of a batched call (a whole schedule) equals a call made for that row alone, bit for bit
-    assert all(torch.equal(ours[i:i + 1], alone[i]) for i in range(3))
+def test_attention_is_torch_multihead_attention_on_the_released_key_names():
+    block = ella_from_state_dict(official_state_dict(seed=4)).float().connector.perceiver_blocks[0]
+    assert isinstance(block.attn, torch.nn.MultiheadAttention) and block.attn.batch_first
 
 
 def test_file_loader_accepts_fp16_file_and_refuses_other_kinds(tmp_path):

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from emma_core import emma_module
+from emma_core import atomic
 from emma_core.adapters import Features
 from emma_core.ella import ELLAConfig
 from emma_core.ella_file import load_ella
@@ -143,11 +143,18 @@ def test_save_is_atomic_when_the_write_crashes(tmp_path, monkeypatch):
     save_module(trained("face", seed=1), str(path))
     good = path.read_bytes()
 
-    def crash(handle, data):
-        handle.write(data[: len(data) // 2])
-        raise OSError("disk full")
+    write_atomic = atomic.write_atomic
 
-    monkeypatch.setattr(emma_module, "_write", crash)
+    def crashing_write_atomic(target, write, binary=True):
+        def crash(handle):
+            class Half:  # the real writer's bytes, cut off half way
+                def write(self, data):
+                    handle.write(data[: len(data) // 2])
+                    raise OSError("disk full")
+            write(Half())
+        write_atomic(target, crash, binary)
+
+    monkeypatch.setattr(atomic, "write_atomic", crashing_write_atomic)
     with pytest.raises(OSError, match="disk full"):
         save_module(trained("style", seed=1), str(path))
     assert path.read_bytes() == good

@@ -1,14 +1,16 @@
 """Contexts computed for the whole schedule when sampling starts (issue: sampling at the FLOP floor on a GPU).
 
 In the real ComfyUI host, with ELLA conditioning that carries its own wrappers (no Apply node) and EMMA
-conditions switched on and off along the schedule: every model call gets exactly (torch.equal) the context a
-call made for its timestep alone would compute; a run makes one connector call for all its ELLA prompts, not one per
-model call; a repeated run (new seed) makes none; latents equal those of the per-call path.
+conditions switched on and off along the schedule: every model call gets the context a call made for its
+timestep alone computes, within emma_core.prompt.CONTEXT_RTOL (the same function computes both); a run makes one
+connector call for all its ELLA prompts, not one per model call; a repeated run (new seed) makes none and gives
+bit-identical contexts; latents of the per-call path are within float rounding of the precomputed ones.
 """
 import itertools
 
 import pytest
 import torch
+from context_contract import WORST, assert_within_contract
 from host_recording import pack_module, record_calls
 
 # The acceptance matrix (euler / heun / dpmpp_2m x normal / karras), plus a sampler that evaluates between
@@ -69,6 +71,13 @@ def run(graph, sampler, scheduler, seed=7, steps=4, batch=2, apply=False):
     return out, calls, len(connector_calls), recorded.model.model_sampling
 
 
+@pytest.fixture
+def fresh_cache(graph, monkeypatch):
+    """The connector's cross-run cache emptied for this test (the one the handle had comes back after it)."""
+    contexts = pack_module("nodes.contexts")
+    monkeypatch.setattr(graph["ella"], "contexts", contexts.ContextCache())
+
+
 def per_call_context(graph, which, model_sampling, sigma):
     """What a call made for this sigma alone computes: the prompt's own context (no table, no cache)."""
     sampling = pack_module("nodes.sampling")
@@ -80,8 +89,8 @@ def per_call_context(graph, which, model_sampling, sigma):
 
 
 @pytest.mark.parametrize("sampler, scheduler", CASES)
-def test_contexts_are_exact_one_call_per_prompt_none_when_repeated(graph, sampler, scheduler):
-    graph["ella"].contexts.clear()
+def test_contexts_within_the_contract_one_call_per_prompt_none_when_repeated(graph, fresh_cache, sampler,
+                                                                              scheduler):
     latents, calls, connector_calls, model_sampling = run(graph, sampler, scheduler)
     in_between = {round(float(c["sigma"][0]), 6) for c in calls} - {round(float(s), 6) for s in
                                                                    _schedule(graph, sampler, scheduler)}
@@ -90,15 +99,19 @@ def test_contexts_are_exact_one_call_per_prompt_none_when_repeated(graph, sample
         for i, which in enumerate(call["cond_or_uncond"]):
             got = call["context"][i * rows:(i + 1) * rows]
             want = per_call_context(graph, which, model_sampling, call["sigma"][0])
-            assert torch.equal(got, want.expand_as(got)), (sampler, scheduler, which, (got - want).abs().max())
+            assert_within_contract(got, want.expand_as(got), (sampler, scheduler, which))
         assert torch.equal(call["control_contexts"][0], call["context"])
     prompts = 2  # positive (with its EMMA conditions) and the empty negative
     # one connector call for both prompts over the whole schedule, plus one per prompt at each sigma the
     # schedule does not hold (dpm_2 evaluates between steps)
     assert connector_calls == 1 + prompts * len(in_between), (connector_calls, sorted(in_between))
-    again, _, repeated_calls, _ = run(graph, sampler, scheduler, seed=8)
+    again, again_calls, repeated_calls, _ = run(graph, sampler, scheduler, seed=8)
     assert repeated_calls == 0  # new seed, same prompt, conditions and schedule: all from the cache
     assert not torch.equal(again, latents)
+    # the contexts of the repeated run are the first run's, bit for bit
+    assert len(again_calls) == len(calls)
+    assert all(torch.equal(a["context"], b["context"]) for a, b in zip(again_calls, calls))
+    print(f"\n{sampler}/{scheduler}: worst relative error so far {WORST['relative error']:.3g}")
 
 
 def _schedule(graph, sampler, scheduler, steps=4):
@@ -108,15 +121,15 @@ def _schedule(graph, sampler, scheduler, steps=4):
     return comfy.samplers.KSampler(graph["model"], steps, "cpu", sampler, scheduler).sigmas
 
 
-def test_latents_equal_the_per_call_path_and_apply_changes_nothing(graph, monkeypatch):
+def test_latents_follow_the_per_call_path_and_apply_changes_nothing(graph, fresh_cache, monkeypatch):
     sampling = pack_module("nodes.sampling")
-    graph["ella"].contexts.clear()
     precomputed = run(graph, "dpmpp_2m", "karras")[0]
     with_apply = run(graph, "dpmpp_2m", "karras", apply=True)
     assert torch.equal(with_apply[0], precomputed) and with_apply[2] == 0  # cached; Apply adds no second pass
-    graph["ella"].contexts.clear()
+    monkeypatch.setattr(graph["ella"], "contexts", pack_module("nodes.contexts").ContextCache())
     monkeypatch.setattr(sampling, "RUN_LIMIT_MB", 0.0)  # above the bound: per model call, as before
     per_call, calls, connector_calls, _ = run(graph, "dpmpp_2m", "karras")
-    assert torch.equal(per_call, precomputed)
+    # contexts within CONTEXT_RTOL of each other give latents within float rounding of each other
+    assert torch.allclose(per_call, precomputed, rtol=0, atol=1e-4 * float(precomputed.abs().max()))
     assert connector_calls == 2 * len(calls)  # the per-call path: both prompts at every model call
 

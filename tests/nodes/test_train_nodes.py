@@ -1,10 +1,14 @@
-"""The EMMA Train Module node in the real host: trains, writes the module where the loader finds it."""
+"""The EMMA Train Module node in the real host: trains, writes the module where the loader finds it; the module
+records its text length and EMMA Assemble warns when a prompt was encoded under the other one."""
+import logging
+
 import torch
 
 from devtools.datasets import face_dataset
+from host_recording import pack_module
 
 
-def test_train_node_writes_a_module_the_loader_reads(comfy_inprocess, standins, tmp_path, add_model_folder):
+def test_train_node_writes_a_module_the_loader_reads(comfy_inprocess, standins, tmp_path, add_model_folder, caplog):
     m = comfy_inprocess.nodes.NODE_CLASS_MAPPINGS
     folder_paths = comfy_inprocess.folder_paths
     add_model_folder("emma", tmp_path / "emma", is_default=True)
@@ -27,5 +31,24 @@ def test_train_node_writes_a_module_the_loader_reads(comfy_inprocess, standins, 
     module = m["EMMALoadModule"].execute(module_name=name).result[0]
     assert module.module.config.modality == "face"
     assert module.module.metadata()["training_steps"] == "2"
+    assert module.module.metadata()["text_length"] == "flexible"  # what the node was given
     for key, value in before.items():  # the user's MODEL still computes what it did
         assert torch.equal(model.model.state_dict()[key], value), key
+
+    # Sampled under another text length than it was trained with: EMMA Assemble says so, naming both.
+    dims = module.module.config.feature_dims
+    features = pack_module("emma_core.adapters").Features("face", {k: torch.randn(1, *shape) for k, shape in dims.items()})
+    conditions = m["EMMACondition"].execute(module=module, features=features, weight=1.0, start=0.0,
+                                            end=1.0).result[0]
+    for length, warned in (("fixed 128", True), ("flexible", False)):
+        prompt = m["EMMATextEncode"].execute(ella=ella, t5=t5, text="a portrait", length=length).result[0]
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="ComfyUI-EMMA"):
+            m["EMMAAssemble"].execute(positive=prompt, negative=prompt, conditions=conditions,
+                                      apply_to_negative=False)
+        said = [r.getMessage() for r in caplog.records if "text length" in r.getMessage()]
+        if warned:
+            assert len(said) == 1 and "EMMA Assemble" in said[0] and name in said[0], said
+            assert "'flexible'" in said[0] and "'fixed 128'" in said[0], said
+        else:
+            assert said == []

@@ -88,7 +88,7 @@ def test_projector_trained_on_the_shared_trainer_drives_the_workflow(umm, comfy_
     from pathlib import Path
 
     from devtools.run_workflow import run_with_file
-    from emma_core.train.cache import InMemoryDataset
+    from devtools.datasets import InMemoryDataset
     from emma_core.train.loop import TrainConfig, train
     from emma_core.train.objective import comfy_epsilon_denoiser
     from emma_core.train.umm import UMMTask

@@ -44,6 +44,7 @@ def test_two_processes_write_one_valid_module(trained_module):
     module = load_module(str(out))
     assert module.config.modality == "face" and module.config.feature_kind == "face"
     assert int(module.metadata()["training_steps"]) == 2
+    assert module.metadata()["text_length"] == "flexible"  # what the module was trained with, for EMMA Assemble
     assert "processes 2" in output
     assert (work / "run" / "log.csv").exists()
 

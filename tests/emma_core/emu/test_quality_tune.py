@@ -5,9 +5,10 @@ import math
 import pytest
 import torch
 
+from devtools.datasets import InMemoryDataset
 from emma_core.emu.lora import inject_lora, select_modules
 from emma_core.emu.quality_tune import EmuRecipe, EmuTask, load_lora_file, quality_tune, save_lora
-from emma_core.train import InMemoryDataset, Subset, comfy_epsilon_denoiser
+from emma_core.train import Subset, comfy_epsilon_denoiser
 
 # Cross-attention k/v of the last transformer: cheap to train on 2 CPU cores, and enough to overfit.
 TARGETS = r"output_blocks\.1\.1\.transformer_blocks\.0\.attn2\.(to_k|to_v)$"

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from emma_core import atomic
 from emma_core.train import checkpoint as ckpt
 from devtools import toy_train as toy
 from emma_core.train.cache import CachedDataset, build_cache
@@ -89,22 +90,22 @@ def _run(run_dir, steps=12, every=4):
 
 def test_resume_is_exact_and_a_crash_during_the_write_keeps_the_old_checkpoint(tmp_path, monkeypatch):
     ref_task, ref = _run(tmp_path / "ref")
-    real = ckpt._dump
-    calls = {"n": 0}
+    real = atomic.write_atomic
 
-    def crashing(state, handle):
-        calls["n"] += 1
-        if state["step"] == 8:
-            handle.write(b"half a checkpoint")
-            raise OSError("disk full (simulated)")
-        real(state, handle)
+    def half_written(handle):
+        handle.write(b"half a checkpoint")
+        raise OSError("disk full (simulated)")
 
-    monkeypatch.setattr(ckpt, "_dump", crashing)
+    def crashing(path, write, binary=True):
+        # the crash happens inside the real atomic writer, mid-write of the step-8 checkpoint
+        real(path, half_written if Path(path).name == ckpt.checkpoint_name(8) else write, binary)
+
+    monkeypatch.setattr(atomic, "write_atomic", crashing)
     with pytest.raises(OSError):
         _run(tmp_path / "run")
     assert json.loads((tmp_path / "run" / "latest.json").read_text())["step"] == 4
     assert not (tmp_path / "run" / "checkpoint-00000008.pt").exists()
-    monkeypatch.setattr(ckpt, "_dump", real)
+    monkeypatch.setattr(atomic, "write_atomic", real)
     task, result = _run(tmp_path / "run")
     assert result.resumed_from == 4 and result.step == 12
     for (k, a), b in zip(ref_task.trainable.state_dict().items(), task.trainable.state_dict().values()):

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from devtools import toy_umm as umm_toy
-from emma_core.train.cache import InMemoryDataset
+from devtools.datasets import InMemoryDataset
 from emma_core.train.loop import TrainConfig, train
 from devtools.toy_train import ConvDenoiser
 from emma_core.train.umm import UMMTask, unified_context

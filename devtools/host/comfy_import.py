@@ -1,6 +1,6 @@
 """ComfyUI as a library: the one place the pack's tools import ComfyUI (no server, no port).
 
-    from scripts.comfy_library import import_comfy
+    from devtools.host.comfy_import import import_comfy
     mods = import_comfy("--comfyui value or None", cpu=None)   # mods["comfy_dir"], mods["model_management"], ...
 
 Which ComfyUI (`find_comfyui`), first match wins:
@@ -18,8 +18,8 @@ The order of the imports is the point of this module:
 - ComfyUI's folder goes first on sys.path, before a checkout of this pack (which has a `nodes/` package of
   its own: a bare `import nodes` must find ComfyUI's nodes.py).
 
-Only the standard library is imported at module level. The pack's command-line scripts use this module
-directly; the test host (devtools.host) builds on it; emma_core never imports ComfyUI.
+Only the standard library is imported at module level. The pack's command-line scripts (scripts/) use this
+module directly; the rest of the test host (devtools.host.inprocess) builds on it; emma_core never imports ComfyUI.
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 # The tree scripts/setup_env.sh provisions in a development checkout (devtools.host.provision).
 DEV_TREE = REPO / ".cache" / "ComfyUI"
 
@@ -48,7 +48,7 @@ def is_comfyui(path: os.PathLike) -> bool:
 
 def _containing_comfyui() -> Optional[Path]:
     """The ComfyUI whose custom_nodes/ holds this pack (the pack folder itself may be a symlink)."""
-    for pack in (Path(os.path.abspath(__file__)).parents[1], REPO):
+    for pack in (Path(os.path.abspath(__file__)).parents[2], REPO):
         if pack.parent.name == "custom_nodes" and is_comfyui(pack.parent.parent):
             return pack.parent.parent.resolve()
     return None
