@@ -11,7 +11,7 @@ from comfy_api.latest import io
 from ..emma_core.assemble import ConditionInput
 from ..emma_core.clip_features import encoder_name as clip_encoder_name, image_features
 from ..emma_core.emma_module import text_length_warning
-from ..emma_core.face import aligned_crop, cached_analyzer, encoder_name as face_encoder_name, face_features, face_frames
+from ..emma_core.face import aligned_crop, encoder_name as face_encoder_name, face_features, face_frames
 from ..emma_core.features_file import load_features, save_features
 from .errors import check_numbers, node_error, reported_by
 from .handles import load_emma_handle
@@ -66,7 +66,7 @@ class FaceFeatures(io.ComfyNode):
     @classmethod
     def execute(cls, image, pack, face_index, det_size, provider) -> io.NodeOutput:
         with reported_by(cls):
-            analyzer = cached_analyzer(folders.insightface_root(), pack, provider, det_size, 0.5)
+            analyzer = folders.face_analyzer(cls, "pack", pack, provider, det_size=det_size, det_thresh=0.5)
             frames = face_frames(image)
             features, identity = face_features(frames, analyzer, None if face_index < 0 else face_index,
                                                face_encoder_name(pack))

@@ -5,6 +5,7 @@ import os
 
 import folder_paths
 
+from ..emma_core.face import FaceError, cached_analyzer
 from .errors import NodeError, node_error
 
 SAFETENSORS = {".safetensors"}
@@ -100,3 +101,12 @@ def _inside(name: str) -> bool:
     parts = name.replace("\\", "/").split("/")
     return bool(name) and not os.path.isabs(name) and not os.path.splitdrive(name)[0] and \
         all(part not in ("", ".", "..") for part in parts)
+
+
+def face_analyzer(node, input_name: str, pack: str, provider: str, **options):
+    """The InsightFace analyzer of the pack picked in `input_name`; a pack that is missing, zipped or nested is
+    `node`'s error naming that input, the pack, the folder and the fix (emma_core.face.check_pack's words)."""
+    try:
+        return cached_analyzer(insightface_root(), pack, provider, **options)
+    except FaceError as error:
+        raise node_error(node, f"{input_name}: {error}") from error

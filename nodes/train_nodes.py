@@ -10,7 +10,6 @@ import folder_paths
 import torch
 from comfy_api.latest import io
 
-from ..emma_core.face import cached_analyzer
 from ..emma_core.state_dict import sha256_file
 from ..emma_core.train.curve import image_tensor, render_loss_curve
 from ..emma_core.train.encoders import TEXT_LENGTHS
@@ -19,7 +18,7 @@ from ..emma_core.train.loop import TrainConfig
 from .errors import check_numbers, node_error, reported_by
 from .ella_nodes import ELLA_TYPE, T5_TYPE
 from .emma_nodes import clip_vision_file
-from .folders import insightface_packs, insightface_root
+from .folders import face_analyzer, insightface_packs
 from .trainable import trainable_model
 
 log = logging.getLogger("ComfyUI-EMMA")
@@ -91,8 +90,8 @@ class TrainModule(io.ComfyNode):
             mm.throw_exception_if_processing_interrupted()
 
         with torch.inference_mode(False), torch.enable_grad(), reported_by(cls, ValueError):
-            analyzer = cached_analyzer(insightface_root(), face_pack or "antelopev2",
-                                       "cpu" if device.type == "cpu" else "auto") if modality == "face" else None
+            analyzer = face_analyzer(cls, "face_pack", face_pack or "antelopev2",
+                                     "cpu" if device.type == "cpu" else "auto") if modality == "face" else None
             job = TrainingJob(
                 modality=modality, dataset=dataset, run_dir=os.path.join(folder_paths.get_output_directory(),
                                                                          "emma_training", stem),

@@ -65,3 +65,15 @@ def test_a_t5_folder_name_that_is_not_there_or_a_path(comfy_inprocess):
     for name in ("../", "/", "./"):
         message = error_of(node, t5_name=name, precision="auto")
         assert message.startswith(f"[Load flan-T5 Encoder (ELLA)] t5_name: {name!r} is a path, not a name")
+
+
+def test_a_face_pack_that_is_not_there_names_the_input(comfy_inprocess):
+    """The InsightFace pack is a folder, not a file: its checks (missing, zipped, nested) keep their own words,
+    and the error names the node and the input it came from."""
+    import torch
+
+    node = comfy_inprocess.nodes.NODE_CLASS_MAPPINGS["EMMAFaceFeatures"]
+    message = error_of(node, image=torch.zeros(1, 64, 64, 3), pack="nope", face_index=-1, det_size=640,
+                       provider="cpu")
+    assert message.startswith(f"[{node.define_schema().display_name}] pack: ")
+    assert "'nope'" in message and "insightface" in message and message.count("[") == 1
