@@ -65,8 +65,8 @@ MODELS = {
                                               "(any SD1.5 checkpoint works: pick yours in the list)"),
     ELLA_FILE: ModelFile("ella", f"[download]({MODEL_URLS[ELLA_FILE]}), 134 MB"),
     T5_FOLDER: ModelFile("text_encoders", f"a folder: from [google/flan-t5-xl]({T5_URL}) take `config.json` and "
-                                          "the `*.safetensors` shards with their index (about 11 GB); skip the "
-                                          ".bin, TF and Flax copies"),
+                                          "the two `model-0000?-of-00002.safetensors` shards (about 11 GB); "
+                                          "nothing else is read"),
     CANNY_CONTROLNET: ModelFile("controlnet", f"[download]({MODEL_URLS[CANNY_CONTROLNET]}), 723 MB"),
     CLIP_VISION_H: ModelFile("clip_vision", f"[download]({MODEL_URLS[CLIP_VISION_H]}) (`model.safetensors`, "
                                             "rename it), 2.5 GB"),
