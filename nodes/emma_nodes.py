@@ -11,7 +11,8 @@ from comfy_api.latest import io
 from ..emma_core.assemble import ConditionInput
 from ..emma_core.clip_features import encoder_name as clip_encoder_name, image_features
 from ..emma_core.emma_module import text_length_warning
-from ..emma_core.face import aligned_crop, encoder_name as face_encoder_name, face_features, face_frames
+from ..emma_core.face import aligned_crop, encoder_name as face_encoder_name
+from ..emma_core.face.features import face_features, face_frames
 from ..emma_core.features_file import load_features, save_features
 from .errors import check_numbers, node_error, reported_by
 from .handles import load_emma_handle

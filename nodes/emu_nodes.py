@@ -22,6 +22,9 @@ DEFAULT_LORA = "emu-quality-tuned"
 
 
 def _folder(node, path: str) -> Path:
+    if not path.strip().strip('"'):  # Path("") is ".", ComfyUI's own folder: never read that by accident
+        raise node_error(node, "folder is empty: give the full path of a folder of images (with same-name .txt "
+                               "captions)")
     folder = Path(os.path.expanduser(path.strip().strip('"')))
     if not folder.is_dir():
         raise node_error(node, f"folder {str(folder)!r} does not exist (give the full path of a folder of images)")

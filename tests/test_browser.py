@@ -33,7 +33,7 @@ from pathlib import Path
 
 import pytest
 
-from devtools.build_workflows import WORLD_WORKFLOWS
+from devtools.build_workflows import TRAINING_WORKFLOWS, WORLD_WORKFLOWS
 from devtools.host import ComfyServer, pinned_frontend, provision_frontend
 from devtools.run_workflow import ensure_input_images, standin_for
 from devtools.workflow_api import combo_options, load_ui_workflow
@@ -280,6 +280,11 @@ def test_workflow_in_the_frontend(page, path):
         # Its models are the world's own (no stand-in has their shapes): the world's CI test runs it on the
         # server and compares its picture with the evaluation's.
         print(f"{page.label} {path.stem}: loaded, {len(flagged)} loaders flagged (world models absent)")
+        return
+    if path.name in TRAINING_WORKFLOWS:
+        # It trains on a folder of the user's pictures, which its note asks for: tests/test_workflows.py runs it
+        # on the server with a generated folder.
+        print(f"{page.label} {path.stem}: loaded (runs in test_workflows with a generated folder)")
         return
 
     changed = page.evaluate(EDIT_JS, [swaps, SMALL])

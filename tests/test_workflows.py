@@ -151,7 +151,8 @@ def test_the_emu_workflow_curates_then_tunes_a_lora(comfy_server, tmp_path):
             node["inputs"].update(folder=str(tmp_path), lora_name="emu-workflow-test.safetensors", max_steps=2,
                                   rank=2, validate_every=1, effective_batch=2, micro_batch=2, resolution=32)
     history = comfy_server.run(prepared.graph, timeout=900)
-    assert len(comfy_server.output_images(history)) >= 1  # the loss curve (and the contact sheet) previews
+    previews = comfy_server.output_images(history)  # the loss curve and the contact sheet
+    assert len(previews) == 2 and all(p.is_file() for p in previews), previews
     # Saved into the server's first loras folder (the models root's, through extra_model_paths.yaml, or the
     # ComfyUI tree's); removed again so that later tests list the same files.
     saved = [folder / "loras" / "emu-workflow-test.safetensors"

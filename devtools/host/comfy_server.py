@@ -226,7 +226,8 @@ class ComfyServer:
 
     def output_images(self, history: dict) -> list[Path]:
         """Files the graph's image outputs wrote (SaveImage: type "output"; previews: type "temp")."""
-        roots = {"output": self.output_dir, "input": self.input_dir, "temp": self.workdir / "temp"}
+        # --temp-directory D makes ComfyUI write its previews into D/temp
+        roots = {"output": self.output_dir, "input": self.input_dir, "temp": self.workdir / "temp" / "temp"}
         paths = []
         for node_output in history.get("outputs", {}).values():
             for image in node_output.get("images", []) or []:

@@ -44,7 +44,7 @@ def module_fingerprint(module) -> str:
 
 def face_condition(analyzer):
     """The cache's face encoder: emma_core.face.face_features (as the Face Features node) on the image."""
-    from ..face import face_features, face_frames
+    from ..face.features import face_features, face_frames
 
     def encode(image: torch.Tensor, mask=None) -> Features:
         return face_features(face_frames(image[:1]), analyzer)[0]  # FaceError (a ValueError) -> skipped

@@ -145,7 +145,7 @@ def test_the_trainer_encodes_clip_references_as_the_image_features_node_does():
 
 
 def test_face_and_clip_features_are_extracted_in_one_place_each():
-    """The inference nodes and the trainer's cache call emma_core.face.face_features and
+    """The inference nodes and the trainer's cache call emma_core.face.features.face_features and
     emma_core.clip_features.image_features; nobody else runs the encoders on a reference."""
     sources = {p: p.read_text() for p in [*REPO.glob("nodes/*.py"), *REPO.glob("emma_core/*.py"),
                                           *REPO.glob("emma_core/train/*.py"), *REPO.glob("emma_core/face/*.py")]}
