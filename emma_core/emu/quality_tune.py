@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..adapters import Features
-from ..atomic import write_atomic
+from ..atomic import save_safetensors_atomic
 from ..train.cache import CacheEncoders, CachedDataset, Subset, build_cache, split_validation
 from ..train.dataset import DatasetItem, scan_dataset
 from ..train.loop import TrainConfig, train
@@ -199,10 +199,7 @@ class TuneResult:
 
 def save_lora(path: str | os.PathLike, tensors: dict, metadata: Optional[dict] = None) -> Path:
     """Atomically write a .safetensors LoRA (a crash leaves the old file or the new one)."""
-    from safetensors.torch import save
-
-    data = save({k: v.contiguous() for k, v in tensors.items()}, metadata={k: str(v) for k, v in (metadata or {}).items()})
-    write_atomic(path, lambda h: h.write(data))
+    save_safetensors_atomic(path, tensors, {k: str(v) for k, v in (metadata or {}).items()})
     return Path(path)
 
 
