@@ -25,15 +25,11 @@ if str(REPO) not in sys.path:
 
 def import_comfy(comfy_dir: str | None) -> str:
     """ComfyUI as a library (devtools/host/comfy_import.py); the CPU only when there is no CUDA or MPS device."""
-    from devtools.host.comfy_import import ComfyUINotFound
-    from devtools.host.comfy_import import import_comfy as import_comfy_library
+    from devtools.host.comfy_import import import_comfy_for_script
 
-    try:
-        mods = import_comfy_library(comfy_dir, cpu=None, nodes=False)
-    except ComfyUINotFound as e:
-        raise SystemExit(str(e)) from None
+    found = import_comfy_for_script(comfy_dir, cpu=None, nodes=False)
     import comfy.sd  # noqa: F401
-    return str(mods["comfy_dir"])
+    return found
 
 
 def cmd_curate(args) -> int:

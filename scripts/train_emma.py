@@ -92,16 +92,12 @@ def parse_args(argv=None):
 def import_comfy(comfy_dir: str | None, cpu: bool) -> str:
     """ComfyUI as a library (devtools/host/comfy_import.py): --comfyui, $EMMA_COMFYUI_DIR or the ComfyUI this pack
     is installed in; models stay where this script puts them (--disable-smart-memory)."""
-    from devtools.host.comfy_import import ComfyUINotFound
-    from devtools.host.comfy_import import import_comfy as import_comfy_library
+    from devtools.host.comfy_import import import_comfy_for_script
 
-    try:
-        mods = import_comfy_library(comfy_dir, cpu=cpu, nodes=False, disable_smart_memory=True)
-    except ComfyUINotFound as e:
-        raise SystemExit(str(e)) from None
+    found = import_comfy_for_script(comfy_dir, cpu=cpu, nodes=False, disable_smart_memory=True)
     import comfy.clip_vision  # noqa: F401
     import comfy.sd  # noqa: F401
-    return str(mods["comfy_dir"])
+    return found
 
 
 def main(argv=None) -> int:

@@ -170,6 +170,15 @@ def import_comfy(comfy_dir: Optional[os.PathLike] = None, *, cpu: Optional[bool]
     return mods
 
 
+def import_comfy_for_script(comfy_dir: Optional[os.PathLike] = None, **options) -> str:
+    """import_comfy for a command-line script (`options` as import_comfy's): a ComfyUI that cannot be found
+    ends the script with the message that says where it looked; returns the ComfyUI folder."""
+    try:
+        return str(import_comfy(comfy_dir, **options)["comfy_dir"])
+    except ComfyUINotFound as e:
+        raise SystemExit(str(e)) from None
+
+
 def comfyui_version(comfy_dir: os.PathLike) -> str:
     """`__version__` of comfyui_version.py, read as text (nothing imported)."""
     import re
