@@ -96,6 +96,11 @@ POSITIVE = ("A photograph of a red vintage bicycle leaning against a weathered b
 # Emu Curate Folder / Emu Quality-Tune widget values, in the nodes' input order (nodes/emu_nodes.py).
 EMU_CURATE_WIDGETS = ["", 512, 0.5, 2.0, True, 6, "", 0.0, "", 5.0, 8]
 EMU_TUNE_WIDGETS = ["", "", EMU_LORA, "lora", 15000, 0.0, 16, 5, 100, 64, 4, 0.1, 512, 0, "fixed"]
+# EMMA Train Module's widget values, in the node's input order (nodes/train_nodes.py): an object module at the
+# node's defaults (the frontend adds a "control after generate" widget after the seed).
+FIRST_MODULE = "my-first-object-module"
+EMMA_TRAIN_WIDGETS = ["", "object", FIRST_MODULE, 2000, 4, 1e-4, 512, 0.1, 200, 0, 500, 0, "fixed", True, "fixed 128",
+                      FACE_PACK, 250, 1, "auto", -1, 0.1, 0.1, 0.999, 4, 0.0, True, "auto"]
 
 # socket types of each output, by node type (what the frontend writes into "outputs")
 OUTPUTS = {
@@ -117,6 +122,7 @@ OUTPUTS = {
     "PreviewImage": [],
     "EmuCurateFolder": [("report", "STRING"), ("contact_sheet", "IMAGE"), ("review_list", "STRING")],
     "EmuQualityTune": [("lora_name", "STRING"), ("loss_curve", "IMAGE"), ("report", "STRING")],
+    "EMMATrainModule": [("module_name", "STRING"), ("loss_curve", "IMAGE"), ("preview", "IMAGE")],
     "EMMALoadModule": [("EMMA_MODULE", "EMMA_MODULE")],
     "EMMAFaceFeatures": [("FEATURES", "EMMA_FEATURES"), ("aligned_face", "IMAGE")],
     "EMMAImageFeatures": [("FEATURES", "EMMA_FEATURES")],
@@ -143,7 +149,8 @@ OUTPUTS = {
 
 
 GROUP_COLOURS = {"Models": "#3f789e", "Prompt": "#8A8", "References": "#b58b2a", "Sampling": "#a1309b",
-                 "ControlNet": "#88A", "Regions": "#b06634", "Curate": "#b58b2a", "Quality-tune": "#a1309b"}
+                 "ControlNet": "#88A", "Regions": "#b06634", "Curate": "#b58b2a", "Quality-tune": "#a1309b",
+                 "Training": "#a1309b", "Progress": "#8A8"}
 TITLE_HEIGHT = 30   # the frontend draws a node's title bar above its `pos`
 GROUP_HEADER = 44   # room for the group's title above its first node
 
@@ -555,6 +562,40 @@ def emu_curate_and_tune() -> dict:
     return w.to_json()
 
 
+def emma_train_first_module() -> dict:
+    """A first EMMA module, end to end: the frozen models a user already has -> EMMA Train Module (object), its
+    loss curve and preview pictures (docs/first-module.md)."""
+    w = UIWorkflow()
+    ckpt = w.add("CheckpointLoaderSimple", [SD15_CHECKPOINT], pos=(MODELS_X, 0), size=(320, 100))
+    ella = w.add("EMMALoadELLA", [ELLA_FILE], pos=(MODELS_X, 160), size=(320, 60))
+    t5 = w.add("EMMALoadT5", [T5_FOLDER, "auto", False], pos=(MODELS_X, 280), size=(320, 82))
+    vision = w.add("CLIPVisionLoader", [CLIP_VISION_H], pos=(MODELS_X, 420), size=(320, 60))
+    train = w.add("EMMATrainModule", EMMA_TRAIN_WIDGETS,
+                  {"model": (ckpt, 0), "vae": (ckpt, 2), "ella": (ella, 0), "t5": (t5, 0), "clip_vision": (vision, 0)},
+                  pos=(PROMPT_X, 0), size=(420, 860))
+    curve = w.add("PreviewImage", [], {"images": (train, 1)}, pos=(SAMPLE_X, 0), size=(400, 420), title="Loss curve")
+    preview = w.add("PreviewImage", [], {"images": (train, 2)}, pos=(SAMPLE_X, 480), size=(400, 420),
+                    title="Preview pictures (held-out references)")
+    w.note("EMMA: train your first module", note_text(
+        "No EMMA module has been released: this graph makes one. An **object** module learns to take what a "
+        "reference picture shows (the object, its colour, its look) into the prompt while the text keeps the "
+        "rest. Only the module trains; the checkpoint, ELLA, flan-T5 and CLIP vision stay frozen.",
+        [SD15_CHECKPOINT, ELLA_FILE, T5_FOLDER, CLIP_VISION_H],
+        "**The dataset**: set `dataset_path` to a folder of pictures, each with a same-name `.txt` caption "
+        "(`0001.jpg` + `0001.txt`), any aspect ratio. A `0001_ref.png` beside a picture is its reference (for "
+        "example the object cut out); without one the picture itself is the reference (augmented views keep the "
+        "module from copying it). A few hundred pictures is a start.",
+        f"**The run**: it writes `models/emma/{FIRST_MODULE}.safetensors` and keeps its checkpoints, log and "
+        f"previews in `output/emma_training/{FIRST_MODULE}/`; run it again to resume. Watch the loss curve fall "
+        "and the previews take on the references. Memory and time per step: "
+        f"[docs/first-module.md]({DOCS_URL}first-module.md).",
+        "**Then**: load the file with Load EMMA Module in the `emma_text_object` workflow."))
+    w.group("Models", [ckpt, ella, t5, vision])
+    w.group("Training", [train])
+    w.group("Progress", [curve, preview])
+    return w.to_json()
+
+
 # The world of docs/world.md: models made by `python -m devtools.world build`, never downloaded.
 WORLD_CHECKPOINT = "emma-world-sd15.safetensors"
 WORLD_ELLA = "emma-world-ella.safetensors"
@@ -629,7 +670,7 @@ def emma_world_assembled() -> dict:
 # browser test loads them, tests/devtools/world/test_world_ci.py runs them on the server.
 WORLD_WORKFLOWS = {"emma_world_assembled.json"}
 # Workflows that train rather than draw: tests/test_workflows.py runs them on a generated folder.
-TRAINING_WORKFLOWS = {"emu_curate_and_tune.json"}
+TRAINING_WORKFLOWS = {"emu_curate_and_tune.json", "emma_train_first_module.json"}
 
 WORKFLOWS = {
     "ella_text_to_image.json": ella_text_to_image,
@@ -643,6 +684,7 @@ WORKFLOWS = {
     "umm_subject.json": umm_subject,
     "emu_apply_lora.json": emu_apply_lora,
     "emu_curate_and_tune.json": emu_curate_and_tune,
+    "emma_train_first_module.json": emma_train_first_module,
     "emma_world_assembled.json": emma_world_assembled,
 }
 

@@ -46,7 +46,7 @@ def patch_weights(mask: torch.Tensor, patches: int, image_size: int, crop: bool)
 
 
 def clip_features(
-    penultimate_hidden_states: torch.Tensor,
+    penultimate_hidden_states: Optional[torch.Tensor],
     image_embeds: torch.Tensor,
     kind: str,
     mask: Optional[torch.Tensor] = None,
@@ -54,12 +54,12 @@ def clip_features(
     crop: bool = True,
     encoder: str = "",
 ) -> Features:
-    hidden = penultimate_hidden_states.detach().float().cpu()
     embeds = image_embeds.detach().float().cpu()
     if kind == "style":
         if mask is not None:
             raise ValueError("style features use the global embedding only: a mask has no effect; remove it")
         return Features("style", {"embeds": embeds}, encoder)
+    hidden = penultimate_hidden_states.detach().float().cpu()
     tensors = {"hidden": hidden, "embeds": embeds}
     if mask is not None and float(mask.max()) == 0.0:
         # LoadImage gives an all-zero MASK for images without alpha: that means "nothing painted", so
@@ -81,5 +81,6 @@ def image_features(clip_vision, image: torch.Tensor, kind: str, mask: Optional[t
     ClipVisionModel): .encode_image(IMAGE, crop=...) -> {"penultimate_hidden_states", "image_embeds"}, and
     .image_size (224 when absent)."""
     output = clip_vision.encode_image(image, crop=crop)
-    return clip_features(output["penultimate_hidden_states"], output["image_embeds"], kind, mask,
+    hidden = output["penultimate_hidden_states"] if kind != "style" else None  # style reads the embedding alone
+    return clip_features(hidden, output["image_embeds"], kind, mask,
                          image_size=getattr(clip_vision, "image_size", 224), crop=crop, encoder=encoder)

@@ -67,6 +67,41 @@ def find_subject(tokens: Sequence[int], subject: Sequence[int], word: str = "") 
     return positions
 
 
+def _ids(chunks) -> list[int]:
+    return [token[0] if isinstance(token, (tuple, list)) else token for chunk in chunks for token in chunk]
+
+
+def clip_tokens(clip, text: str) -> tuple[dict, str]:
+    """ComfyUI's CLIP (duck-typed: .tokenize(text) -> {encoder key: chunks of (token, weight)}): the text's
+    tokens and the one encoder's key; ValueError when the CLIP has several text encoders (not SD1.5)."""
+    tokens = clip.tokenize(text)
+    if len(tokens) != 1:
+        raise ValueError(f"UMM needs an SD1.5 CLIP (one text encoder); got {', '.join(tokens)}")
+    return tokens, next(iter(tokens))
+
+
+def subject_tokens(clip, text: str, subject_word: str) -> tuple[dict, list[int]]:
+    """The prompt's tokens and the positions of the subject word's tokens in them (the word tokenized alone,
+    without CLIP's start / end / pad tokens): what UMM Subject Encode and the projector trainer both use."""
+    tokens, key = clip_tokens(clip, text)
+    word = clip.tokenize(subject_word.strip())[key][0]
+    inner = getattr(getattr(clip, "tokenizer", None), f"clip_{key}", None)
+    specials = {getattr(inner, name, None) for name in ("start_token", "end_token", "pad_token")} - {None}
+    subject = [t for t in _ids([word]) if t not in specials]
+    return tokens, find_subject(_ids(tokens[key]), subject, subject_word.strip())
+
+
+def text_states(clip, tokens: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """h_y [1, T, D] and the pooled output of the prompt's tokens (ComfyUI's CLIP.encode_from_tokens)."""
+    return clip.encode_from_tokens(tokens, return_pooled=True)
+
+
+def subject_embeds(clip_vision_output) -> torch.Tensor:
+    """CLIP Vision's output (CLIP Vision Encode, ClipVisionModel.encode_image) -> the projector's input: the first
+    image's `image_embeds`, [1, image_dim] float32 on the CPU."""
+    return clip_vision_output["image_embeds"][:1].float().cpu()
+
+
 def replace_positions(h_y: torch.Tensor, positions: Sequence[int], pseudo_word: torch.Tensor) -> torch.Tensor:
     """h_u: a copy of h_y [B, T, D] with `positions` set to the pseudo word [B or 1, D]."""
     h_u = h_y.clone()

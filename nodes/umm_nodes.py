@@ -4,8 +4,9 @@ from __future__ import annotations
 from comfy_api.latest import io
 from comfy_extras.nodes_custom_sampler import Guider_DualCFG
 
-from ..emma_core.umm import find_subject, load_projector, replace_positions
-from .errors import check_numbers, node_error, reported_by
+from ..emma_core.umm import load_projector, replace_positions, subject_embeds, subject_tokens, text_states
+from .errors import check_numbers, reported_by
+from .umm_train_nodes import TrainProjector
 from . import folders
 
 PROJECTOR_TYPE = io.Custom("UMM_PROJECTOR")
@@ -30,22 +31,9 @@ class LoadProjector(io.ComfyNode):
             return io.NodeOutput(load_projector(path))
 
 
-def _ids(chunks) -> list[int]:
-    return [token[0] if isinstance(token, (tuple, list)) else token for chunk in chunks for token in chunk]
-
-
 def subject_positions(clip, text: str, subject_word: str) -> tuple[dict, list[int]]:
-    tokens = clip.tokenize(text)
-    if len(tokens) != 1:
-        raise node_error(SubjectEncode, "UMM needs an SD1.5 CLIP (one text encoder); got "
-                         f"{', '.join(tokens)}")
-    (key, prompt_chunks), = tokens.items()
-    word = clip.tokenize(subject_word.strip())[key][0]
-    inner = getattr(clip.tokenizer, f"clip_{key}", None)
-    specials = {getattr(inner, name, None) for name in ("start_token", "end_token", "pad_token")} - {None}
-    subject = [t for t in _ids([word]) if t not in specials]
     with reported_by(SubjectEncode, ValueError):
-        return tokens, find_subject(_ids(prompt_chunks), subject, subject_word.strip())
+        return subject_tokens(clip, text, subject_word)
 
 
 class SubjectEncode(io.ComfyNode):
@@ -71,9 +59,9 @@ class SubjectEncode(io.ComfyNode):
     @classmethod
     def execute(cls, clip, text, subject_word, clip_vision_output, projector) -> io.NodeOutput:
         tokens, positions = subject_positions(clip, text, subject_word)
-        h_y, pooled = clip.encode_from_tokens(tokens, return_pooled=True)
+        h_y, pooled = text_states(clip, tokens)
         with reported_by(cls, ValueError):
-            pseudo_word = projector(clip_vision_output["image_embeds"][:1].float().cpu())
+            pseudo_word = projector(subject_embeds(clip_vision_output))
         h_u = replace_positions(h_y, positions, pseudo_word)
         meta = {"pooled_output": pooled}
         return io.NodeOutput([[h_u, dict(meta)]], [[h_y, dict(meta)]])
@@ -111,4 +99,4 @@ class Guider(io.ComfyNode):
         return io.NodeOutput(guider)
 
 
-NODES = [LoadProjector, SubjectEncode, Guider]
+NODES = [LoadProjector, SubjectEncode, Guider, TrainProjector]

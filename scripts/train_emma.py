@@ -33,6 +33,7 @@ import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
 from emma_core.state_dict import sha256_file  # noqa: E402
+from emma_core.train.job import DEFAULT_EMA, DEFAULT_REFERENCE_VIEWS  # noqa: E402
 from emma_core.train.loop import TrainConfig  # noqa: E402
 
 log = logging.getLogger("train_emma")
@@ -65,7 +66,7 @@ def parse_args(argv=None):
     p.add_argument("--grad-accum", type=int, default=d.grad_accum)
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    p.add_argument("--warmup-iters", type=int, default=d.warmup_iters)
+    p.add_argument("--warmup-iters", type=int, default=d.warmup_iters, help="-1 (default): 5 %% of the steps")
     p.add_argument("--decay-to", type=float, default=d.decay_to,
                    help="cosine decay of the learning rate after warm-up to this fraction (1 = constant)")
     p.add_argument("--grad-clip", type=float, default=d.grad_clip)
@@ -79,6 +80,12 @@ def parse_args(argv=None):
     p.add_argument("--cond-dropout", type=float, default=0.1)
     p.add_argument("--text-dropout", type=float, default=0.1)
     p.add_argument("--noise-offset", type=float, default=0.0)
+    p.add_argument("--ema-decay", type=float, default=DEFAULT_EMA,
+                   help="the module file holds the moving average of the weights; 0 = the last weights")
+    p.add_argument("--reference-views", type=int, default=DEFAULT_REFERENCE_VIEWS,
+                   help="augmented views per object / portrait / style reference (crop, flip, scale); 0 = none")
+    p.add_argument("--min-snr-gamma", type=float, default=0.0, help="min-SNR-gamma loss weighting (e.g. 5); 0 = off")
+    p.add_argument("--no-buckets", action="store_true", help="square centre crops instead of aspect buckets")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--preview-every", type=int, default=d.preview_every,
                    help="sample pictures every N steps into <run-dir>/previews/ (0 = never)")
@@ -121,24 +128,18 @@ def main(argv=None) -> int:
 
 
 def run(args, rank: int, world: int, device: torch.device) -> int:
-    """Load the frozen models from the files (the encoders on rank 0 only) and train through the job builder;
-    also what the world's build calls in-process (devtools/world/build.py)."""
+    """Load the frozen models from the files (T5 and the condition encoders on rank 0 only) and train through the
+    job builder."""
     comfy_dir = import_comfy(args.comfyui, cpu=device.type == "cpu")
-    import comfy.model_management as mm
-    import comfy.sd
+    import comfy.clip_vision
 
-    from emma_core.ella_file import load_ella
+    from devtools.host.trainer_models import load_trainer_models
     from emma_core.train.job import TrainingJob, run_job
 
-    patcher, _clip, vae, _ = comfy.sd.load_checkpoint_guess_config(args.checkpoint, output_vae=True,
-                                                                    output_clip=False, output_clipvision=False)
+    models = load_trainer_models(args.checkpoint, args.ella, args.t5 if rank == 0 else None, comfy_dir=comfy_dir,
+                                 device=device)
     if rank == 0:
-        log.info("loaded %s (%s)", args.checkpoint, type(patcher.model).__name__)
-
-    def load_base():
-        mm.load_models_gpu([patcher], force_full_load=True)
-        return patcher.model.requires_grad_(False).eval()
-
+        log.info("loaded %s (%s)", args.checkpoint, type(models.base_model).__name__)
     job = TrainingJob(
         modality=args.modality, dataset=args.dataset, out_path=args.out, run_dir=args.run_dir,
         cache_root=args.cache_root, config=TrainConfig(
@@ -146,31 +147,28 @@ def run(args, rank: int, world: int, device: torch.device) -> int:
             weight_decay=args.weight_decay, warmup_iters=args.warmup_iters, decay_to=args.decay_to,
             grad_clip=args.grad_clip, precision=args.precision, val_every=args.val_every,
             early_stopping_patience=args.patience, checkpoint_every=args.checkpoint_every,
-            log_every=args.log_every, seed=args.seed, preview_every=args.preview_every),
-        vae=vae, base_model=patcher.model, load_base=load_base,
-        ella=load_ella(args.ella, dtype=torch.float16 if device.type == "cuda" else torch.float32),
+            log_every=args.log_every, seed=args.seed, preview_every=args.preview_every, ema_decay=args.ema_decay),
+        vae=models.vae, base_model=models.base_model, load_base=models.load_base, ella=models.ella, t5=models.t5,
         resolution=args.resolution, text_length=args.text_length, t5_name=os.path.basename(args.t5.rstrip("/")),
         vae_name=os.path.basename(args.checkpoint),
         clip_vision_name=os.path.basename(args.clip_vision) if args.clip_vision else "",
         ella_sha256=sha256_file(args.ella) if rank == 0 else "", val_fraction=args.val_fraction,
         cond_dropout=args.cond_dropout, text_dropout=args.text_dropout, noise_offset=args.noise_offset,
+        min_snr_gamma=args.min_snr_gamma, buckets=not args.no_buckets, reference_views=args.reference_views,
+        release_models=models.release,
         gradient_checkpointing={"auto": None, "on": True, "off": False}[args.gradient_checkpointing],
         init_from=args.init_from, resume=not args.no_resume, preview_count=args.preview_count,
         preview_steps=args.preview_steps, preview_cfg=args.preview_cfg, device=device)
     if rank == 0:
-        # The encoders only build the feature cache (rank 0). Without --clip-vision / --insightface-root every
-        # image needs its <name>_ref.safetensors features file.
-        from emma_core.t5 import T5TextEncoder, load_t5_encoder, load_tokenizer
-
-        t5_dtype = torch.float16 if device.type == "cuda" else torch.float32
-        job.t5 = T5TextEncoder(load_t5_encoder(args.t5, dtype=t5_dtype).to(device),
-                               load_tokenizer(os.path.join(comfy_dir, "comfy", "text_encoders", "t5_tokenizer")))
+        # The condition encoders only build the feature cache (rank 0). Without --clip-vision /
+        # --insightface-root every image needs its <name>_ref.safetensors features file.
         job.clip_vision = comfy.clip_vision.load(args.clip_vision) if args.clip_vision else None
         if args.modality == "face" and args.insightface_root:
             from emma_core.face import FaceAnalyzer
 
             job.face_analyzer = FaceAnalyzer(args.insightface_root, args.pack,
                                              "cpu" if device.type == "cpu" else "auto")
+        models.t5 = None  # the job holds the only reference: run_job drops it once the cache is built
 
     def on_step(step, total, record):
         if rank == 0 and (step % max(1, args.log_every) == 0 or step == total):

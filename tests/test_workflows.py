@@ -160,3 +160,32 @@ def test_the_emu_workflow_curates_then_tunes_a_lora(comfy_server, tmp_path):
     assert any(p.is_file() for p in saved), saved
     for p in saved:
         p.unlink(missing_ok=True)
+
+
+def test_the_first_module_workflow_trains_an_object_module(comfy_server, tmp_path):
+    """The shipped training workflow as a newcomer runs it: the frozen models -> EMMA Train Module on a folder of
+    captioned pictures of several aspect ratios (no references: the pictures are their own), a few steps."""
+    from emma_core.emma_module import load_module
+
+    rng = np.random.default_rng(1)
+    for i, (w, h) in enumerate([(96, 64), (64, 96), (80, 80), (120, 72)]):
+        small = Image.fromarray(rng.integers(0, 256, (4, 4, 3), dtype=np.uint8))
+        small.resize((w, h), Image.BICUBIC).save(tmp_path / f"img{i}.jpg")
+        (tmp_path / f"img{i}.txt").write_text(f"a photo of object {i}")
+    prepared = prepare(REPO / "workflows" / "emma_train_first_module.json", comfy_server.object_info())
+    (train,) = [n for n in prepared.graph.values() if n["class_type"] == "EMMATrainModule"]
+    assert train["inputs"]["modality"] == "object" and "clip_vision" in train["inputs"]
+    train["inputs"].update(dataset_path=str(tmp_path), module_name="first-module-test", steps=2, batch_size=2,
+                           resolution=64, validation_split=0.0, preview_every=0, reference_views=1)
+    history = comfy_server.run(prepared.graph, timeout=900)
+    assert len(comfy_server.output_images(history)) == 2  # the loss curve and the preview
+    saved = [folder / "emma" / "first-module-test.safetensors"
+             for folder in (comfy_server.models_root, Path(comfy_server.comfy_dir) / "models")]
+    written = [p for p in saved if p.is_file()]
+    try:
+        assert written, saved
+        module = load_module(str(written[0]))
+        assert module.config.modality == "object" and module.training_steps == 2
+    finally:
+        for p in saved:
+            p.unlink(missing_ok=True)

@@ -11,8 +11,8 @@ Stages (each skipped when its output exists; the training stages resume from the
   codec    the VAE: fixed encoder, decoder trained on world pictures -> models/vae_approx/taesd_*.safetensors
   base     UNet + ELLA pre-training on captioned pictures -> runs/base/unet.safetensors, models/ella
   checkpoint  the UNet and the VAE as one SD1.5 checkpoint -> models/checkpoints
-  object   the object module, trained in this process by scripts/train_emma.py's run (the pack's trainer: the
-           job builder emma_core/train/job.py, as the node) -> models/emma
+  object   the object module, trained in this process through the pack's job builder (emma_core/train/job.py,
+           as the node and scripts/train_emma.py) -> models/emma
   style    the style module, likewise
   eval     sampling through ComfyUI, reading, the report -> <out>/ (docs/world for the full schedule)
 
@@ -276,31 +276,44 @@ def stage_module(w: World, kind: str) -> None:
     s = w.schedule
     pictures, steps = s.module_size(kind)
     folder = modules.write_dataset(w.data / f"{kind}-dataset", kind, pictures, s.size)
-    args = ["--checkpoint", str(w.path("checkpoints", CHECKPOINT)), "--ella", str(w.path("ella", ELLA_FILE)),
-            "--t5", str(w.path("text_encoders", T5_FILE)), "--dataset", str(folder), "--modality", kind,
-            "--out", str(target), "--run-dir", str(w.runs / kind), "--cache-root", str(w.data / f"{kind}-cache"),
-            "--resolution", str(s.size), "--text-length", "flexible", "--steps", str(steps),
-            "--batch-size", str(s.batch), "--lr", str(s.module_lr),
-            "--warmup-iters", str(min(s.module_warmup, steps // 3)), "--decay-to", "0.1",
-            "--val-fraction", "0.05" if s.validate_every else "0", "--val-every", str(s.validate_every),
-            "--checkpoint-every", "100", "--log-every", "25", "--preview-every", str(s.preview_every),
-            "--preview-steps", "15", "--cpu"]
-    log.info("%s module: scripts/train_emma.py %s", kind, " ".join(args))
-    train_module(args)
+    train_module(w, kind, folder, target, steps)
 
 
-def train_module(args: list[str]) -> None:
-    """scripts/train_emma.py with these arguments, in this process (one process, CPU): the CLI's own mapping
-    onto the job builder, under the ComfyUI this process imported."""
+def train_module(w: World, kind: str, dataset: Path, target: Path, steps: int) -> None:
+    """The `kind` module through the pack's job builder (emma_core/train/job.py), in this process on the CPU, with
+    the models loaded as scripts/train_emma.py loads them (devtools/host/trainer_models.py)."""
     import torch
 
     from devtools.host import import_comfy
-    from scripts import train_emma
+    from devtools.host.trainer_models import load_trainer_models
+    from emma_core.state_dict import sha256_file
+    from emma_core.train.job import DEFAULT_EMA, TrainingJob, run_job
+    from emma_core.train.loop import TrainConfig
 
+    s, cpu = w.schedule, torch.device("cpu")
     comfy_dir = import_comfy(builtin_nodes=False)["comfy_dir"]
-    options = train_emma.parse_args([*args, "--comfyui", str(comfy_dir)])
+    checkpoint, ella, t5 = w.path("checkpoints", CHECKPOINT), w.path("ella", ELLA_FILE), w.path("text_encoders", T5_FILE)
     with _trainer_threads():
-        train_emma.run(options, 0, 1, torch.device("cpu"))
+        models = load_trainer_models(checkpoint, ella, t5, comfy_dir=comfy_dir, device=cpu)
+        config = TrainConfig(steps=steps, batch_size=s.batch, lr=s.module_lr,
+                             warmup_iters=min(s.module_warmup, steps // 3), decay_to=0.1,
+                             val_every=s.validate_every, checkpoint_every=100, log_every=25,
+                             preview_every=s.preview_every, ema_decay=DEFAULT_EMA)
+        job = TrainingJob(modality=kind, dataset=dataset, out_path=target, run_dir=w.runs / kind,
+                          cache_root=w.data / f"{kind}-cache", config=config, vae=models.vae,
+                          base_model=models.base_model, load_base=models.load_base, ella=models.ella, t5=models.t5,
+                          resolution=s.size, text_length="flexible", t5_name=T5_FILE, vae_name=CHECKPOINT,
+                          ella_sha256=sha256_file(ella), val_fraction=0.05 if s.validate_every else 0.0,
+                          preview_steps=15, release_models=models.release, device=cpu)
+        models.t5 = None
+
+        def on_step(step, total, record):
+            if step % 25 == 0 or step == total:
+                log.info("%s module: step %d/%d loss %.5f", kind, step, total, record["loss"])
+
+        log.info("%s module: %d pictures, %d steps, batch %d, lr %g", kind, len(list(dataset.glob("*.txt"))), steps,
+                 s.batch, s.module_lr)
+        run_job(job, on_cache=lambda report: log.info("%s module: %s", kind, report.text()), on_step=on_step)
     import comfy.model_management as mm
 
     mm.unload_all_models()  # the module stage's checkpoint leaves ComfyUI's loaded models; the eval loads its own

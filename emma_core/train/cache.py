@@ -30,7 +30,9 @@ import torch
 from ..adapters import Features
 from ..atomic import remove_stale_temporaries, save_safetensors_atomic, write_json_atomic
 from ..features_file import load_features
-from .dataset import DatasetItem, load_image, load_mask
+from .augment import reference_views
+from .buckets import nearest_bucket
+from .dataset import DatasetItem, load_image, load_mask, load_whole, open_picture
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +52,9 @@ class CacheEncoders:
     fingerprint: JSON-able description of the encoders and settings; part of the cache key
     feature_kind: the kind of features the module takes (features files must match it)
     encoder_name: what makes the features, for the module's metadata (e.g. "CLIP ViT-H/14 <file>")
+    buckets: each picture at its own aspect (buckets.nearest_bucket), the features from the whole picture or
+        its reference; otherwise square centre crops at `resolution` (features from the crop)
+    reference_views: augmented views of each reference encoded beside it (augment.py); 0 = none
     """
 
     encode_text: Callable[[str], torch.Tensor]
@@ -60,6 +65,8 @@ class CacheEncoders:
     use_masks: bool = False
     feature_kind: str = ""
     encoder_name: str = ""
+    buckets: bool = False
+    reference_views: int = 0
 
 
 def cache_key(fingerprint: dict) -> str:
@@ -78,10 +85,14 @@ class CacheReport:
     items: int
     encoded: int          # encoded in this call (the rest came from an earlier run)
     skipped: list         # [(name, reason)] including the dataset scan's
+    buckets: dict = None  # {"WxH": images} of the usable items
 
     def text(self) -> str:
         lines = [f"feature cache {self.folder}: {self.items} items ({self.encoded} encoded now, "
                  f"{self.items - self.encoded} reused)"]
+        if self.buckets:
+            lines.append("buckets (width x height: images): " + ", ".join(
+                f"{size}: {n}" for size, n in sorted(self.buckets.items(), key=lambda kv: -kv[1])))
         if self.skipped:
             lines.append(f"{len(self.skipped)} images skipped:")
             lines += [f"  {n}: {r}" for n, r in self.skipped]
@@ -126,7 +137,8 @@ def build_cache(items: Sequence[DatasetItem], cache_root: str | os.PathLike, enc
         save_safetensors_atomic(folder / shard, pending, {"format": FORMAT, "items": json.dumps([i.name for i, _ in pending_rows])})
         for item, row in pending_rows:
             manifest["items"][item.name] = {"fingerprint": item.fingerprint(), "shard": shard, "row": row,
-                                            "caption": item.caption, "encoder": encoders_used[item.name]}
+                                            "caption": item.caption, "encoder": encoders_used[item.name][0],
+                                            "bucket": encoders_used[item.name][1]}
             manifest["skipped"].pop(item.name, None)
         write_json_atomic(manifest_path, manifest)
         next_shard += 1
@@ -135,9 +147,12 @@ def build_cache(items: Sequence[DatasetItem], cache_root: str | os.PathLike, enc
     encoded = 0
     for n, item in enumerate(todo):
         try:
-            image = load_image(item.image, encoders.resolution)
+            size = (encoders.resolution, encoders.resolution)
+            if encoders.buckets:
+                size = nearest_bucket(*open_picture(item.image).size, encoders.resolution)
+            image = load_image(item.image, size)
             with torch.no_grad():
-                features, encoder = _condition(item, image, encoders)
+                views, encoder = _condition(item, image, encoders)
                 latents = encoders.encode_image(image)
                 text = encoders.encode_text(item.caption)
         except ValueError as error:  # FaceError is a ValueError: "no face found in ..."
@@ -146,11 +161,13 @@ def build_cache(items: Sequence[DatasetItem], cache_root: str | os.PathLike, enc
             log.info("EMMA training: skipping %s: %s", item.name, error)
         else:
             row = len(pending_rows)
-            encoders_used[item.name] = encoder
+            encoders_used[item.name] = (encoder, f"{size[0]}x{size[1]}")
             pending[f"{row}.latents"] = _stored("latents", latents[0])
             pending[f"{row}.text"] = _stored("text", text)
-            for key, tensor in features.tensors.items():
+            for key, tensor in views[0].tensors.items():
                 pending[f"{row}.cond.{key}"] = _stored(f"cond.{key}", tensor[0])
+            for key in views[0].tensors if len(views) > 1 else ():
+                pending[f"{row}.view.{key}"] = _stored(f"cond.{key}", torch.cat([v.tensors[key] for v in views[1:]]))
             pending_rows.append((item, row))
             encoded += 1
             if len(pending_rows) >= shard_size:
@@ -161,14 +178,18 @@ def build_cache(items: Sequence[DatasetItem], cache_root: str | os.PathLike, enc
     write_json_atomic(manifest_path, manifest)
     names = {i.name for i in items}
     skipped = list(scan_skipped) + [(k, v["reason"]) for k, v in sorted(manifest["skipped"].items()) if k in names]
-    usable = sum(1 for i in items if i.name in manifest["items"])
-    if usable == 0:
+    usable = [manifest["items"][i.name] for i in items if i.name in manifest["items"]]
+    if not usable:
         raise ValueError("no usable images after encoding:\n" + "\n".join(f"  {n}: {r}" for n, r in skipped))
-    return CacheReport(folder, usable, encoded, skipped)
+    buckets: dict = {}
+    for entry in usable:
+        buckets[entry.get("bucket", "")] = buckets.get(entry.get("bucket", ""), 0) + 1
+    return CacheReport(folder, len(usable), encoded, skipped, buckets if encoders.buckets else None)
 
 
-def _condition(item: DatasetItem, image: torch.Tensor, encoders: CacheEncoders) -> tuple[Features, str]:
-    """The item's condition features (batch 1) and the name of what made them."""
+def _condition(item: DatasetItem, image: torch.Tensor, encoders: CacheEncoders) -> tuple[list[Features], str]:
+    """The item's condition features (batch 1): the reference's, then those of its augmented views (none for a
+    features file); and the name of what made them."""
     if item.has_features_file:
         try:
             features, meta = load_features(str(item.reference))
@@ -180,13 +201,23 @@ def _condition(item: DatasetItem, image: torch.Tensor, encoders: CacheEncoders) 
         if features.batch != 1:
             raise ValueError(f"reference features {item.reference.name} hold {features.batch} rows; one per "
                              "image is expected")
-        return features, str(meta.get("encoder", ""))
+        return [features], str(meta.get("encoder", ""))
     if encoders.encode_condition is None:
         raise ValueError(f"no reference features file ({Path(item.image).stem}_ref.safetensors) and no encoder "
                          "to compute them: give the encoder (CLIP Vision, an InsightFace pack) or the files")
-    source = image if item.reference is None else load_image(item.reference, encoders.resolution)
-    mask = load_mask(item.mask, encoders.resolution) if (item.mask is not None and encoders.use_masks) else None
-    return encoders.encode_condition(source, mask), encoders.encoder_name
+    mask = None
+    if encoders.buckets:  # the whole picture (or reference), not the training crop
+        source = load_whole(item.reference or item.image, encoders.resolution)
+        if item.mask is not None and encoders.use_masks:
+            mask = load_mask(item.mask, encoders.resolution, whole=True)
+            if mask.shape[1:] != source.shape[1:3]:
+                mask = torch.nn.functional.interpolate(mask[:, None], size=source.shape[1:3], mode="bilinear")[:, 0]
+    else:
+        source = image if item.reference is None else load_image(item.reference, encoders.resolution)
+        if item.mask is not None and encoders.use_masks:
+            mask = load_mask(item.mask, encoders.resolution)
+    views = reference_views(source, mask, encoders.reference_views, item.name)
+    return [encoders.encode_condition(v, m) for v, m in views], encoders.encoder_name
 
 
 class CachedDataset:
@@ -224,8 +255,20 @@ class CachedDataset:
         prefix = f"{row}."
         features = {key[len(prefix) + 5:]: f.get_tensor(key).float() for key in f.keys()
                     if key.startswith(prefix + "cond.")}
-        return {"latents": f.get_tensor(prefix + "latents").float(), "text": f.get_tensor(prefix + "text").float(),
-                "features": features, "index": index}
+        views = {key[len(prefix) + 5:]: f.get_tensor(key).float() for key in f.keys()
+                 if key.startswith(prefix + "view.")}
+        out = {"latents": f.get_tensor(prefix + "latents").float(), "text": f.get_tensor(prefix + "text").float(),
+               "features": features, "index": index}
+        if views:
+            out["views"] = views  # augmented views of the reference: {name: [V, ...]}
+        return out
+
+    def shape_groups(self) -> list[list[int]]:
+        """Indices grouped by bucket (one group when every picture has the same size), in index order."""
+        groups: dict = {}
+        for i, entry in enumerate(self.entries):
+            groups.setdefault(entry.get("bucket", ""), []).append(i)
+        return list(groups.values())
 
     def feature_kind(self) -> str:
         return self.fingerprint.get("feature_kind", "")
@@ -249,6 +292,14 @@ class Subset:
 
     def sample(self, index: int) -> dict:
         return dict(self.base.sample(self.indices[index]), index=self.indices[index])
+
+    def shape_groups(self) -> list[list[int]]:
+        """The base's groups, in this subset's indices."""
+        if not hasattr(self.base, "shape_groups"):
+            return [list(range(len(self.indices)))]
+        where = {b: i for i, b in enumerate(self.indices)}
+        groups = [[where[b] for b in g if b in where] for g in self.base.shape_groups()]
+        return [g for g in groups if g]
 
 
 def split_validation(count: int, fraction: float, seed: int = 0, minimum: int = 1) -> tuple[list[int], list[int]]:

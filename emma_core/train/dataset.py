@@ -124,9 +124,8 @@ def scan_dataset(folder: str | os.PathLike) -> DatasetScan:
     return scan
 
 
-def load_image(path: Path, resolution: int) -> torch.Tensor:
-    """[1, resolution, resolution, 3] float in [0, 1] (ComfyUI's IMAGE layout): the shorter side resized to
-    `resolution`, then centre-cropped. Raises ValueError for unreadable or too small images."""
+def open_picture(path: Path):
+    """The picture upright (EXIF) in RGB, as PIL. Raises ValueError for unreadable or too small images."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
@@ -136,25 +135,58 @@ def load_image(path: Path, resolution: int) -> torch.Tensor:
         raise ValueError(f"unreadable image: {error}") from error
     if min(im.size) < MIN_SIDE:
         raise ValueError(f"too small ({im.size[0]}x{im.size[1]}; at least {MIN_SIDE} px per side)")
-    return _square(im, resolution, Image.BICUBIC)
+    return im
 
 
-def load_mask(path: Path, resolution: int) -> torch.Tensor:
-    """[1, resolution, resolution] float in [0, 1] (ComfyUI's MASK layout), cropped like the image."""
+def load_image(path: Path, resolution: int | tuple[int, int]) -> torch.Tensor:
+    """[1, H, W, 3] float in [0, 1] (ComfyUI's IMAGE layout) at `resolution` (a side, or (width, height)):
+    resized to cover it, then the centre kept (for a bucket of the picture's own aspect, a sliver at most).
+    Raises ValueError for unreadable or too small images."""
+    from PIL import Image
+
+    return _cover(open_picture(path), _size(resolution), Image.BICUBIC)
+
+
+def load_whole(path: Path, resolution: int) -> torch.Tensor:
+    """The whole picture as [1, H, W, 3], scaled to about resolution^2 pixels, nothing cut away: what the
+    condition features are computed from (a face near the edge is still found)."""
+    from PIL import Image
+
+    im = open_picture(path)
+    return _to_tensor(im.resize(_whole_size(im.size, resolution), Image.BICUBIC))
+
+
+def load_mask(path: Path, resolution: int | tuple[int, int], whole: bool = False) -> torch.Tensor:
+    """[1, H, W] float in [0, 1] (ComfyUI's MASK layout), cropped like load_image (or, whole, sized like
+    load_whole of a picture of the mask's size)."""
     from PIL import Image
 
     with Image.open(path) as im:
         im = im.convert("L")
-    return _square(im, resolution, Image.BILINEAR)[..., 0]
+    if whole:
+        return _to_tensor(im.resize(_whole_size(im.size, resolution), Image.BILINEAR))[..., 0]
+    return _cover(im, _size(resolution), Image.BILINEAR)[..., 0]
 
 
-def _square(im, resolution: int, resample) -> torch.Tensor:
+def _size(resolution: int | tuple[int, int]) -> tuple[int, int]:
+    return (resolution, resolution) if isinstance(resolution, int) else (int(resolution[0]), int(resolution[1]))
+
+
+def _whole_size(size: tuple[int, int], resolution: int) -> tuple[int, int]:
+    scale = (resolution * resolution / (size[0] * size[1])) ** 0.5
+    return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
+
+
+def _cover(im, size: tuple[int, int], resample) -> torch.Tensor:
     w, h = im.size
-    scale = resolution / min(w, h)
-    size = (max(resolution, round(w * scale)), max(resolution, round(h * scale)))
-    im = im.resize(size, resample)
-    left, top = (size[0] - resolution) // 2, (size[1] - resolution) // 2
-    im = im.crop((left, top, left + resolution, top + resolution))
+    scale = max(size[0] / w, size[1] / h)
+    scaled = (max(size[0], round(w * scale)), max(size[1], round(h * scale)))
+    im = im.resize(scaled, resample)
+    left, top = (scaled[0] - size[0]) // 2, (scaled[1] - size[1]) // 2
+    return _to_tensor(im.crop((left, top, left + size[0], top + size[1])))
+
+
+def _to_tensor(im) -> torch.Tensor:
     arr = np.asarray(im, dtype=np.float32) / 255.0
     if arr.ndim == 2:
         arr = arr[:, :, None]

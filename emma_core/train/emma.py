@@ -44,7 +44,9 @@ class EMMATrainOutput:
 def train_emma_module(cache_folder, names, *, modality: str, ella, denoiser, out_path, run_dir,
                       config: TrainConfig, device=None, ella_sha256: str = "", val_fraction: float = 0.1,
                       cond_dropout: float = 0.1, text_dropout: float = 0.1, noise_offset: float = 0.0,
-                      gradient_checkpointing: Optional[bool] = None, init_from: Optional[str] = None,
+                      min_snr_gamma: float = 0.0,
+                      gradient_checkpointing: Optional[bool] = None, checkpoint_unet=None,
+                      init_from: Optional[str] = None,
                       resume: bool = True, save_dtype: torch.dtype = torch.float16,
                       on_step: Optional[Callable] = None, should_stop: Optional[Callable] = None,
                       rank: int = 0, preview: Optional[PreviewSetup] = None) -> EMMATrainOutput:
@@ -72,11 +74,11 @@ def train_emma_module(cache_folder, names, *, modality: str, ella, denoiser, out
                              f"this dataset gives {module_config.feature_kind} {module_config.feature_dims}")
         module.load_state_dict(start.state_dict())
     module = module.to(device).float().requires_grad_(True).train()
-    if gradient_checkpointing is None:
+    if gradient_checkpointing is None:  # per layer of the UNet `checkpoint_unet` (checkpointing.py); pays on a GPU
         gradient_checkpointing = device.type == "cuda"
     task = EMMATask(module, ella, denoiser, empty_text=data.empty_text.to(device), cond_dropout=cond_dropout,
-                    text_dropout=text_dropout, noise_offset=noise_offset,
-                    gradient_checkpointing=gradient_checkpointing)
+                    text_dropout=text_dropout, noise_offset=noise_offset, min_snr_gamma=min_snr_gamma,
+                    gradient_checkpointing=gradient_checkpointing, checkpoint_unet=checkpoint_unet)
     train_idx, val_idx = split_validation(len(data), val_fraction, config.seed)
     if not train_idx:
         raise ValueError("no training images left after the validation split")

@@ -61,7 +61,11 @@ def clip_condition(clip_vision, kind: str, crop: bool = True):
 
 
 def comfy_encoders(*, modality: str, vae, base_model, t5, resolution: int, text_length: str = TEXT_LENGTHS[0],
-                   clip_vision=None, face_analyzer=None, names: Optional[dict] = None) -> CacheEncoders:
+                   clip_vision=None, face_analyzer=None, names: Optional[dict] = None, buckets: bool = False,
+                   reference_views: int = 0) -> CacheEncoders:
+    """The cache's encoders from the front end's frozen models; `buckets` and `reference_views` as
+    cache.CacheEncoders (no reference views for faces: the embedding of a cropped or flipped face is the same
+    person's)."""
     kind = MODALITY_KINDS.get(modality)
     if kind is None:
         raise ValueError(f"training supports the modalities {sorted(MODALITY_KINDS)}, not {modality!r}")
@@ -91,9 +95,12 @@ def comfy_encoders(*, modality: str, vae, base_model, t5, resolution: int, text_
     def encode_text(text: str) -> torch.Tensor:
         return t5.encode(text, fixed).float().cpu()
 
+    views = reference_views if kind != "face" else 0
     fingerprint = {"modality": modality, "feature_kind": kind, "resolution": resolution, "text_length": text_length,
+                   "buckets": bool(buckets), "reference_views": views,
                    "t5": (names or {}).get("t5") or module_fingerprint(getattr(t5, "model", None)),
                    "vae": (names or {}).get("vae") or module_fingerprint(getattr(vae, "first_stage_model", vae)),
                    "condition": (names or {}).get("condition") or cond_id}
     return CacheEncoders(encode_text, encode_image, condition, fingerprint, resolution,
-                         use_masks=kind == "clip_tokens", feature_kind=kind, encoder_name=encoder_name)
+                         use_masks=kind == "clip_tokens", feature_kind=kind, encoder_name=encoder_name,
+                         buckets=bool(buckets), reference_views=views)

@@ -36,6 +36,10 @@ from .preview import PreviewSetup
 
 log = logging.getLogger(__name__)
 
+# The EMMA module trainer's defaults against overfitting a small set (the node, the CLI and the world use them).
+DEFAULT_EMA = 0.999           # TrainConfig.ema_decay: the saved module holds the averaged weights
+DEFAULT_REFERENCE_VIEWS = 4   # augmented views per object / portrait / style reference (augment.py)
+
 
 @dataclass
 class TrainingJob:
@@ -62,6 +66,11 @@ class TrainingJob:
     cond_dropout: float = 0.1
     text_dropout: float = 0.1
     noise_offset: float = 0.0
+    min_snr_gamma: float = 0.0          # min-SNR-gamma loss weighting (e.g. 5); 0 = off
+    buckets: bool = True                # pictures at their own aspect (buckets.py); False: square centre crops
+    reference_views: int = DEFAULT_REFERENCE_VIEWS  # augmented views per reference (not for faces); 0 = none
+    release_models: Optional[Callable[[], None]] = None  # after the cache: the front end's frozen models off
+                                                         # the device (ComfyUI: unload its loaded models)
     gradient_checkpointing: Optional[bool] = None     # None: on with CUDA
     init_from: Optional[str] = None
     resume: bool = True
@@ -95,7 +104,8 @@ def build_cache(job: TrainingJob, progress: Optional[Callable[[int, int], None]]
              "condition": job.clip_vision_name or None}
     encoders = comfy_encoders(modality=job.modality, vae=job.vae, base_model=job.base_model, t5=job.t5,
                               resolution=job.resolution, text_length=job.text_length, clip_vision=job.clip_vision,
-                              face_analyzer=job.face_analyzer, names={k: v for k, v in names.items() if v})
+                              face_analyzer=job.face_analyzer, names={k: v for k, v in names.items() if v},
+                              buckets=job.buckets, reference_views=job.reference_views)
     cache_root = job.cache_root or os.path.join(job.dataset, ".emma_cache")
     return prepare_cache(job.dataset, cache_root, encoders, progress=progress)
 
@@ -124,6 +134,8 @@ def run_job(job: TrainingJob, *, cache_progress: Optional[Callable[[int, int], N
         (on_cache or (lambda r: log.info("%s", r.text())))(report)
         payload = [(str(report.folder), names)]
     _release_encoders(job)  # the loop reads only the cache
+    if job.release_models is not None:
+        job.release_models()
     if world > 1:
         dist.broadcast_object_list(payload, src=0)
     cache_folder, names = payload[0]
@@ -140,6 +152,8 @@ def run_job(job: TrainingJob, *, cache_progress: Optional[Callable[[int, int], N
                              config=job.config, device=job.device, ella_sha256=job.ella_sha256,
                              val_fraction=job.val_fraction, cond_dropout=job.cond_dropout,
                              text_dropout=job.text_dropout, noise_offset=job.noise_offset,
-                             gradient_checkpointing=job.gradient_checkpointing, init_from=job.init_from,
+                             min_snr_gamma=job.min_snr_gamma,
+                             gradient_checkpointing=job.gradient_checkpointing, checkpoint_unet=base,
+                             init_from=job.init_from,
                              resume=job.resume, on_step=on_step, should_stop=should_stop, rank=rank,
                              preview=preview)

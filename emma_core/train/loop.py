@@ -9,7 +9,8 @@ The task (objective.EMMATask, or any module with the same few members) provides
     trainable                                     the nn.Module the optimiser trains and checkpoints save
 so the same loop serves EMMA modules, UMM's projector and Emu-style quality tuning.
 
-What it does: AdamW (paper defaults), linear warm-up, gradient clipping, fp16 autocast + GradScaler on
+What it does: AdamW (paper defaults), linear warm-up (5 % of the run unless set), an optional EMA of the trained
+weights (validated, previewed and saved in their place), batches from one aspect bucket each, gradient clipping, fp16 autocast + GradScaler on
 CUDA, gradient accumulation, DDP when torch.distributed is initialised (torchrun), validation at intervals
 with early stopping, atomic checkpoints with exact resume (weights, optimiser, scheduler, scaler, every
 rank's generator and global RNG states, the step counter and the position in the data order), and the log.
@@ -44,7 +45,8 @@ class TrainConfig:
     betas: tuple = (0.9, 0.999)
     eps: float = 1e-8
     weight_decay: float = 0.01
-    warmup_iters: int = 1000          # paper: linear warm-up from 10% to 100% over 1000 iterations
+    warmup_iters: int = -1            # -1: 5 % of the steps (the paper's 1000 of 2000 steps would be half a
+                                      # home run); warm-up goes linearly from warmup_start x lr to lr
     warmup_start: float = 0.1
     decay_to: float = 1.0             # after warm-up, cosine decay of the lr to this fraction at the last step
                                       # (1.0 = constant, the paper's schedule)
@@ -58,6 +60,11 @@ class TrainConfig:
     keep_checkpoints: int = 2
     log_every: int = 10
     seed: int = 0
+    ema_decay: float = 0.0            # EMA of the trained weights (e.g. 0.999, ramped in as (1+t)/(10+t)); 0 = off
+
+    def warmup(self) -> int:
+        """The warm-up in optimiser steps (warmup_iters, or 5 % of the steps when it is -1)."""
+        return round(0.05 * self.steps) if self.warmup_iters < 0 else self.warmup_iters
 
 
 @dataclass
@@ -69,6 +76,52 @@ class TrainResult:
     best_step: Optional[int]
     records: list = field(default_factory=list)
     curve: object = None               # PIL image
+
+
+class BucketOrder:
+    """Batches that each come from one group (aspect bucket): per epoch, every group is shuffled and cut into
+    batches of `batch` (a group's last batch filled from its own start), and the batches are shuffled. The
+    position (epoch, batch) is all a resume needs; take(n) hands out one whole batch."""
+
+    def __init__(self, groups: list[list[int]], batch: int, seed: int, epoch: int = 0, offset: int = 0):
+        self.groups, self.batch, self.seed, self.epoch, self.offset = groups, batch, seed, epoch, offset
+        self.count = sum(len(g) for g in groups)
+        self._batches = None
+
+    def _epoch_batches(self) -> list[list[int]]:
+        if self._batches is None or self._batches[0] != self.epoch:
+            g = torch.Generator().manual_seed(self.seed * 7919 + self.epoch)
+            batches = []
+            for group in self.groups:
+                order = [group[i] for i in torch.randperm(len(group), generator=g).tolist()]
+                for start in range(0, len(order), self.batch):
+                    chunk = order[start:start + self.batch]
+                    while len(chunk) < self.batch:
+                        chunk += order[:self.batch - len(chunk)]
+                    batches.append(chunk)
+            self._batches = (self.epoch, [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()])
+        return self._batches[1]
+
+    def take(self, n: int) -> list[int]:
+        if n != self.batch:
+            raise ValueError(f"bucketed batches hold {self.batch} samples, not {n}")
+        batches = self._epoch_batches()
+        out = batches[self.offset]
+        self.offset += 1
+        if self.offset >= len(batches):
+            self.epoch, self.offset = self.epoch + 1, 0
+        return list(out)
+
+    def state(self) -> dict:
+        return {"epoch": self.epoch, "offset": self.offset, "count": self.count, "seed": self.seed, "buckets": True}
+
+
+def data_order(train_set, batch: int, seed: int, epoch: int = 0, offset: int = 0):
+    """BucketOrder when the set's samples come in several sizes (shape_groups), else DataOrder."""
+    groups = train_set.shape_groups() if hasattr(train_set, "shape_groups") else None
+    if groups and len(groups) > 1:
+        return BucketOrder(groups, batch, seed, epoch, offset)
+    return DataOrder(len(train_set), seed, epoch, offset)
 
 
 class DataOrder:
@@ -138,11 +191,14 @@ def evaluate(task, dataset, batch_size: int, device=None) -> Optional[float]:
     rank, world = _world()
     total = torch.zeros(2, dtype=torch.float64, device=device)
     mine = list(range(rank, len(dataset), world))
+    if hasattr(dataset, "shape_groups"):  # one bucket per batch, so each batch stacks
+        bucket = {i: b for b, group in enumerate(dataset.shape_groups()) for i in group}
+        mine.sort(key=lambda i: (bucket[i], i))
     was_training = task.training
     task.eval()
     try:
-        for start in range(0, len(mine), batch_size):
-            batch = _to_device(task.collate([dataset.sample(i) for i in mine[start:start + batch_size]]), device)
+        for chunk in _chunks(mine, batch_size, lambda i: bucket[i] if hasattr(dataset, "shape_groups") else 0):
+            batch = _to_device(task.collate([dataset.sample(i) for i in chunk]), device)
             losses = task.validation_losses(batch)
             total[0] += losses.double().sum()
             total[1] += losses.numel()
@@ -151,6 +207,61 @@ def evaluate(task, dataset, batch_size: int, device=None) -> Optional[float]:
     if world > 1:
         dist.all_reduce(total)
     return float(total[0] / total[1])
+
+
+def _chunks(indices: list[int], size: int, key) -> list[list[int]]:
+    """Consecutive runs of at most `size` indices with the same key."""
+    out: list[list[int]] = []
+    for i in indices:
+        if out and len(out[-1]) < size and key(out[-1][0]) == key(i):
+            out[-1].append(i)
+        else:
+            out.append([i])
+    return out
+
+
+class EMA:
+    """An exponential moving average of the trained weights, ramped in ((1 + t) / (10 + t) caps the decay early
+    on, so a short run's average is not stuck near the initial weights)."""
+
+    def __init__(self, params: list, decay: float):
+        self.params, self.decay = params, decay
+        self.shadow = [p.detach().clone().float() for p in params]
+        self.updates = 0
+
+    @torch.no_grad()
+    def update(self) -> None:
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for s, p in zip(self.shadow, self.params):
+            s.lerp_(p.detach().float(), 1.0 - d)
+
+    @contextlib.contextmanager
+    def swapped_in(self):
+        """The EMA weights in the trained parameters' place for the duration (validation, previews, saving)."""
+        kept = [p.detach().clone() for p in self.params]
+        with torch.no_grad():
+            for s, p in zip(self.shadow, self.params):
+                p.copy_(s.to(p.dtype))
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for k, p in zip(kept, self.params):
+                    p.copy_(k)
+
+    @torch.no_grad()
+    def copy_to_params(self) -> None:
+        for s, p in zip(self.shadow, self.params):
+            p.copy_(s.to(p.dtype))
+
+    def state_dict(self) -> dict:
+        return {"shadow": [s.cpu() for s in self.shadow], "updates": self.updates}
+
+    def load_state_dict(self, state: dict) -> None:
+        for s, saved in zip(self.shadow, state["shadow"]):
+            s.copy_(saved)
+        self.updates = int(state["updates"])
 
 
 def adamw(params: list, config: TrainConfig) -> torch.optim.AdamW:
@@ -181,8 +292,9 @@ class _Run:
     amp_dtype: Optional[torch.dtype]
     scaler: torch.amp.GradScaler
     generator: torch.Generator
-    order: DataOrder
+    order: object                      # DataOrder or BucketOrder
     tlog: TrainLog
+    ema: Optional[EMA] = None
     model: torch.nn.Module = None      # the task, or its DistributedDataParallel wrapper
     step: int = 0
     resumed_from: Optional[int] = None
@@ -202,6 +314,10 @@ class _Run:
     def best_val(self) -> Optional[float]:
         return None if math.isinf(self.best) else self.best
 
+    def averaged(self):
+        """The weights to validate, preview and save: the EMA when on."""
+        return self.ema.swapped_in() if self.ema is not None else contextlib.nullcontext()
+
 
 def _start(task, train_set, config: TrainConfig, run_dir) -> _Run:
     rank, world = _world()
@@ -210,15 +326,17 @@ def _start(task, train_set, config: TrainConfig, run_dir) -> _Run:
     if not params:
         raise ValueError("the task has no trainable parameters")
     optimizer = adamw(params, config)
+    warmup = config.warmup()
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: warmup_factor(s, config.warmup_iters, config.warmup_start)
-        * cosine_factor(s, config.warmup_iters, config.steps, config.decay_to))
+        optimizer, lambda s: warmup_factor(s, warmup, config.warmup_start)
+        * cosine_factor(s, warmup, config.steps, config.decay_to))
     amp_dtype = _precision(config.precision, device)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16 and device.type == "cuda")
     return _Run(task, config, {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()},
                 Path(run_dir), rank, world, params, optimizer, scheduler, amp_dtype, scaler,
                 torch.Generator(device=device).manual_seed(config.seed * 1000 + rank),
-                DataOrder(len(train_set), config.seed), TrainLog(run_dir, enabled=rank == 0))
+                data_order(train_set, config.batch_size * world * config.grad_accum, config.seed),
+                TrainLog(run_dir, enabled=rank == 0), EMA(params, config.ema_decay) if config.ema_decay > 0 else None)
 
 
 def _resume(run: _Run, train_set, state: Optional[dict]) -> None:
@@ -238,7 +356,13 @@ def _resume(run: _Run, train_set, state: Optional[dict]) -> None:
         run.scaler.load_state_dict(state["scaler"])
     run.generator.set_state(state["generators"][run.rank].cpu())
     ckpt.set_rng_state(state["rng"][run.rank])
-    run.order = DataOrder(len(train_set), run.config.seed, state["order"]["epoch"], state["order"]["offset"])
+    run.order = data_order(train_set, run.global_batch, run.config.seed, state["order"]["epoch"],
+                           state["order"]["offset"])
+    if run.ema is not None:
+        if not state.get("ema"):
+            raise ValueError(f"{run.run_dir} was trained without EMA; resume it with ema_decay 0 or start a new run "
+                             "folder")
+        run.ema.load_state_dict(state["ema"])
     if state["order"]["count"] != len(train_set):
         raise ValueError(f"the training set has {len(train_set)} samples but the checkpoint was made with "
                          f"{state['order']['count']}: the dataset or cache changed; start a new run folder")
@@ -270,6 +394,8 @@ def _step(run: _Run, train_set) -> dict:
     run.scaler.step(run.optimizer)
     run.scaler.update()
     run.scheduler.step()
+    if run.ema is not None:
+        run.ema.update()
     run.step += 1
     return {"step": run.step, "loss": _mean_across(loss_sum / config.grad_accum, device),
             "lr": run.optimizer.param_groups[0]["lr"], "grad_norm": float(grad_norm)}
@@ -278,14 +404,15 @@ def _step(run: _Run, train_set) -> dict:
 def _validate(run: _Run, val_set, record: dict, on_best) -> None:
     """The held-out loss into `record`; keeps the best one and decides an early stop."""
     config = run.config
-    val = evaluate(run.task, val_set, config.batch_size, run.device)
-    record["val_loss"] = val
-    if val < run.best - config.early_stopping_min_delta:
-        run.best, run.best_step, run.bad = val, run.step, 0
-        if on_best is not None and run.rank == 0:
-            on_best(run.task.trainable, run.step, val)
-    else:
-        run.bad += 1
+    with run.averaged():
+        val = evaluate(run.task, val_set, config.batch_size, run.device)
+        record["val_loss"] = val
+        if val < run.best - config.early_stopping_min_delta:
+            run.best, run.best_step, run.bad = val, run.step, 0
+            if on_best is not None and run.rank == 0:
+                on_best(run.task.trainable, run.step, val)
+            return
+    run.bad += 1
     if config.early_stopping_patience and run.bad >= config.early_stopping_patience:
         run.stopped_early = True
 
@@ -305,6 +432,7 @@ def _save(run: _Run) -> None:
             "scaler": run.scaler.state_dict() if run.scaler.is_enabled() else {},
             "generators": gens, "rng": rngs, "order": run.order.state(), "world_size": run.world,
             "best": {"val": run.best_val(), "step": run.best_step, "bad": run.bad},
+            "ema": run.ema.state_dict() if run.ema is not None else {},
             "records": run.tlog.records, "config": run.config_dict,
         }, keep=run.config.keep_checkpoints)
     if run.world > 1:
@@ -349,9 +477,12 @@ def train(task, train_set, config: TrainConfig, run_dir, val_set=None, resume: b
             on_step(step, config.steps, record)
         if on_preview is not None and run.rank == 0 and config.preview_every and (
                 step % config.preview_every == 0 or end):
-            on_preview(step)
+            with run.averaged():
+                on_preview(step)
         if end or (config.checkpoint_every and step % config.checkpoint_every == 0):
             _save(run)
+    if run.ema is not None:  # the run's result is the average (the last checkpoint keeps both)
+        run.ema.copy_to_params()
     if run.stopped_early:
         log.info("EMMA training: early stop at step %d (best validation %.5f at step %s)", run.step, run.best,
                  run.best_step)

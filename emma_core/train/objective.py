@@ -11,11 +11,15 @@ Classifier-free guidance needs the model to have seen both halves of its guidanc
 - condition dropout (per row, default 10%): the branch's residuals are multiplied by 0 for that row, which is
   exactly what inference does for a negative without the module (the untrained identity of EMMA);
 - text dropout (per row, default 10%): the caption's T5 features are replaced by those of "" (ELLA's negative).
+
+Against overfitting a small set: each step reads one of the reference's augmented views (augment.py) at random,
+and min-SNR-gamma weighting (Hang et al. 2023; weight min(SNR, gamma) / SNR for an epsilon target) can keep the
+low-noise steps from dominating. Validation reads the reference as it is, unweighted.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -24,28 +28,45 @@ from torch import nn
 from ..adapters import Features
 from ..assemble import Branch, assembled_after_block
 from ..ella import Group
+from . import checkpointing
 from .schedule import DDPMSchedule
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def collate(samples: list[dict], feature_kind: str) -> dict:
-    """Samples from a dataset (cache.CachedDataset.sample) -> a batch on the CPU."""
+    """Samples from a dataset (cache.CachedDataset.sample) -> a batch on the CPU. With augmented views
+    ("views" in a sample): batch["views"] holds every row's views [B, V, ...] (view 0 the reference itself; a row
+    with fewer repeats its last) and batch["view_count"] [B] how many each row really has."""
     names = set().union(*(s["features"] for s in samples))
-    features = {}
+
+    def row(s: dict, name: str, views: list[dict]) -> torch.Tensor:
+        if name in views[0]:
+            return torch.stack([v[name] for v in views])
+        if name == "mask":  # an object image without a mask: the whole image is the object
+            like = next(x["features"]["mask"] for x in samples if "mask" in x["features"])
+            return torch.ones((len(views), *like.shape), dtype=like.dtype)
+        raise ValueError(f"sample {s['index']} has no {name!r} condition features")
+
+    per_sample = []
+    for s in samples:
+        extra = s.get("views") or {}
+        count = next(iter(extra.values())).shape[0] if extra else 0
+        per_sample.append([s["features"]] + [{k: v[i] for k, v in extra.items()} for i in range(count)])
+    most = max(len(v) for v in per_sample)
+    features, views = {}, {}
     for name in sorted(names):
-        rows = []
-        for s in samples:
-            if name in s["features"]:
-                rows.append(s["features"][name])
-            elif name == "mask":  # an object image without a mask: the whole image is the object
-                rows.append(torch.ones_like(next(x["features"]["mask"] for x in samples if "mask" in x["features"])))
-            else:
-                raise ValueError(f"sample {s['index']} has no {name!r} condition features")
-        features[name] = torch.stack(rows)
-    return {"latents": torch.stack([s["latents"] for s in samples]), "text": [s["text"] for s in samples],
-            "features": Features(feature_kind, features),
-            "index": torch.tensor([int(s["index"]) for s in samples], dtype=torch.long)}
+        rows = [row(s, name, v) for s, v in zip(samples, per_sample)]
+        features[name] = torch.stack([r[0] for r in rows])
+        if most > 1:
+            views[name] = torch.stack([torch.cat([r, r[-1:].expand(most - len(r), *r.shape[1:])]) for r in rows])
+    batch = {"latents": torch.stack([s["latents"] for s in samples]), "text": [s["text"] for s in samples],
+             "features": Features(feature_kind, features),
+             "index": torch.tensor([int(s["index"]) for s in samples], dtype=torch.long)}
+    if most > 1:
+        batch["views"] = Features(feature_kind, views)
+        batch["view_count"] = torch.tensor([len(v) for v in per_sample], dtype=torch.long)
+    return batch
 
 
 @dataclass
@@ -56,6 +77,7 @@ class Draw:
     timesteps: torch.Tensor
     keep_text: torch.Tensor  # [B] bool
     keep_cond: torch.Tensor  # [B] bool
+    view: Optional[torch.Tensor] = None  # [B] long: the reference view each row reads (None: the reference)
 
 
 def comfy_epsilon_denoiser(base_model) -> Denoiser:
@@ -84,7 +106,8 @@ class EMMATask(nn.Module):
 
     def __init__(self, module: nn.Module, ella: nn.Module, denoiser: Denoiser, schedule: Optional[DDPMSchedule] = None,
                  empty_text: Optional[torch.Tensor] = None, cond_dropout: float = 0.1, text_dropout: float = 0.1,
-                 noise_offset: float = 0.0, gradient_checkpointing: bool = False):
+                 noise_offset: float = 0.0, gradient_checkpointing: Union[bool, str] = False,
+                 min_snr_gamma: float = 0.0, checkpoint_unet: Optional[nn.Module] = None):
         super().__init__()
         self.trainable = module
         # Frozen parts are kept out of the module tree on purpose (not trained, not saved, not synced).
@@ -96,7 +119,18 @@ class EMMATask(nn.Module):
         self.empty_text = empty_text
         self.cond_dropout, self.text_dropout = float(cond_dropout), float(text_dropout)
         self.noise_offset = float(noise_offset)
+        self.min_snr_gamma = float(min_snr_gamma)
+        # Gradient checkpointing per layer (checkpointing.py) of the frozen UNet (`checkpoint_unet`: the module or
+        # ComfyUI's BaseModel holding it; else the denoiser when it is one) and of ELLA, during the training
+        # forward only. True: checkpointing.DEFAULT_LAYERS; or a checkpointing.LAYER_SETS name.
         self.gradient_checkpointing = gradient_checkpointing
+        if isinstance(gradient_checkpointing, str):
+            checkpointing.layer_kinds(gradient_checkpointing)
+        self.__dict__["checkpoint_unet"] = checkpointing.find_unet(
+            checkpoint_unet if checkpoint_unet is not None else denoiser)
+        if gradient_checkpointing and self.checkpoint_unet is None:
+            checkpointing.log.warning("EMMA training: gradient checkpointing finds no UNet blocks in the denoiser "
+                                      "(pass checkpoint_unet); the UNet runs without it")
         if (text_dropout > 0) and empty_text is None:
             raise ValueError("text dropout needs the T5 features of the empty prompt (empty_text)")
 
@@ -115,7 +149,19 @@ class EMMATask(nn.Module):
                                                             device=device)
         timesteps = torch.randint(0, self.schedule.steps, (b,), generator=generator, device=device)
         u = torch.rand((2, b), generator=generator, device=device)
-        return Draw(noise, timesteps, u[0] >= self.text_dropout, u[1] >= self.cond_dropout)
+        view = None
+        if "view_count" in batch:
+            pick = torch.rand((b,), generator=generator, device=device)
+            view = (pick * batch["view_count"].to(device)).long().clamp(max=batch["view_count"].max() - 1)
+        return Draw(noise, timesteps, u[0] >= self.text_dropout, u[1] >= self.cond_dropout, view)
+
+    def loss_weights(self, timesteps: torch.Tensor) -> torch.Tensor:
+        """min(SNR, gamma) / SNR per row (epsilon target); ones when min-SNR weighting is off."""
+        if self.min_snr_gamma <= 0:
+            return torch.ones(timesteps.shape, device=timesteps.device)
+        a = self.schedule.alphas_cumprod.to(timesteps.device)[timesteps].float()
+        snr = a / (1.0 - a)
+        return snr.clamp(max=self.min_snr_gamma) / snr
 
     def validation_draw(self, batch: dict, seed: int = 1234) -> Draw:
         """The same noise and timestep for a given sample in every evaluation (keyed by its index), no
@@ -170,16 +216,18 @@ class EMMATask(nn.Module):
 
         names = list(batch["features"].tensors)
         tensors = [batch["features"].tensors[n].to(latents.device) for n in names]
-        if self.gradient_checkpointing and torch.is_grad_enabled():
-            from torch.utils.checkpoint import checkpoint
-
-            prediction = checkpoint(run, noisy, draw.timesteps, *tensors, use_reentrant=False)
-        else:
-            prediction = run(noisy, draw.timesteps, *tensors)
+        if draw.view is not None:  # each row reads its drawn view of the reference
+            rows = torch.arange(latents.shape[0], device=latents.device)
+            tensors = [batch["views"].tensors[n].to(latents.device)[rows, draw.view.to(latents.device)] for n in names]
+        layers = self.gradient_checkpointing if isinstance(self.gradient_checkpointing, str) else (
+            checkpointing.DEFAULT_LAYERS if self.gradient_checkpointing else "none")
+        with checkpointing.checkpointed(self.checkpoint_unet, self.ella, layers, enabled=torch.is_grad_enabled()):
+            prediction = run(noisy, draw.timesteps, *tensors)  # wrapped layers restored on leaving, even on errors
         return F.mse_loss(prediction.float(), draw.noise.float(), reduction="none").flatten(1).mean(1)
 
     def forward(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
-        return self.losses(batch, self.draw(batch, generator)).mean()
+        draw = self.draw(batch, generator)
+        return (self.losses(batch, draw) * self.loss_weights(draw.timesteps)).mean()
 
     @torch.no_grad()
     def validation_losses(self, batch: dict, seed: int = 1234) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """The reduced world schedule CI runs (docs/world.md), from nothing: a small base, an object module trained by
-the pack's trainer (scripts/train_emma.py), then pictures sampled through ComfyUI with the pack's assembly and
-per-call wrapper, read by the fixed reader. The colour must follow the object reference far above chance, so a
+the pack's trainer (its job builder, with the node's defaults), then pictures sampled through ComfyUI with the
+pack's assembly and per-call wrapper, read by the fixed reader. The colour must follow the object reference far above chance, so a
 regression in the trainer or the assembly fails here; and the shipped world workflow, run on the real server,
 must give the evaluation's own picture for the same seed."""
 import json

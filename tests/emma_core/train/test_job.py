@@ -171,3 +171,26 @@ def test_the_front_ends_only_map_their_arguments_to_the_job():
                     "comfy_epsilon_denoiser("):
             assert own not in text, f"{path} calls {own} itself"
     assert "_clip_vision_file" not in (REPO / "nodes" / "train_nodes.py").read_text()
+
+
+def test_no_reference_to_the_t5_encoder_survives_the_cache_and_models_leave_before_the_unet(tmp_path):
+    """The CLI's T5 (only the job holds it) is freed once the cache is built; the front end's release (ComfyUI:
+    its loaded VAE, CLIP vision, ... off the device) runs before the UNet is loaded for training."""
+    import gc
+    import weakref
+
+    events, base = [], ToyBase()
+    job = TrainingJob(modality="face", dataset=_face_dataset(tmp_path / "faces"), out_path=tmp_path / "m.safetensors",
+                      run_dir=tmp_path / "run", config=TrainConfig(steps=1, batch_size=2, checkpoint_every=0),
+                      vae=ToyVAE(), base_model=base, ella=ELLA(toy.TOY_ELLA), t5=ToyT5(events), resolution=64,
+                      val_fraction=0.0, release_models=lambda: events.append("models released"))
+    t5 = weakref.ref(job.t5)
+
+    def load_base():
+        gc.collect()
+        events.append(f"base loaded, t5 alive: {t5() is not None}")
+        return base
+
+    job.load_base = load_base
+    run_job(job)
+    assert events == ["t5 released", "models released", "base loaded, t5 alive: False"]
