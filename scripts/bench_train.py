@@ -40,6 +40,25 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 
 
+def interleaved(runs: dict, warmup: int, repeats: int, run, device) -> tuple[dict, dict]:
+    """Each of `runs` once per round, `repeats` rounds after `warmup` (machine noise hits all alike): the
+    seconds of every run, and on CUDA its torch.cuda.max_memory_allocated."""
+    for _ in range(warmup):
+        for fn in runs.values():
+            fn()
+    times = {name: [] for name in runs}
+    peaks = {name: [] for name in runs}
+    for r in range(repeats):
+        for name, fn in runs.items():
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            times[name].append(run(fn))
+            if device.type == "cuda":
+                peaks[name].append(torch.cuda.max_memory_allocated(device))
+        log(f"round {r + 1}: " + ", ".join(f"{n} {times[n][-1]:.2f} s" for n in runs))
+    return times, peaks
+
+
 def timer(device):
     def run(fn) -> float:
         if device.type == "cuda":
@@ -168,19 +187,7 @@ def main(argv=None) -> int:
         runs["finetune"] = finetune
     log(f"{'SD1.5-size' if args.real else 'tiny'} UNet on {device}, batch {b}, latents {side}x{side}, "
         f"{args.warmup} warm-up + {args.repeats} interleaved rounds of {', '.join(runs)}")
-    for _ in range(args.warmup):
-        for fn in runs.values():
-            fn()
-    times = {name: [] for name in runs}
-    peaks = {name: [] for name in runs}
-    for r in range(args.repeats):
-        for name, fn in runs.items():
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
-            times[name].append(run(fn))
-            if device.type == "cuda":
-                peaks[name].append(torch.cuda.max_memory_allocated(device))
-        log(f"round {r + 1}: " + ", ".join(f"{n} {times[n][-1]:.2f} s" for n in runs))
+    times, peaks = interleaved(runs, args.warmup, args.repeats, run, device)
     med = {n: statistics.median(v) for n, v in times.items()}
     paired = statistics.median(s_ / b_ for s_, b_ in zip(times["step"], times["bare"]))
     machine["load_average_at_end"] = list(os.getloadavg())
@@ -282,19 +289,7 @@ def memory_bench(args, info, device, amp, run, make_task, step, batch, unet, ell
         runs = {"off": lambda: step(make_task(False)), "on": lambda: step(make_task(layers))}
         log(f"step time, checkpointing off / on ({layers}), {timed_attention}: {args.warmup} warm-up + "
             f"{args.repeats} interleaved rounds")
-        for _ in range(args.warmup):
-            for fn in runs.values():
-                fn()
-        times = {name: [] for name in runs}
-        peaks = {name: [] for name in runs}
-        for r in range(args.repeats):
-            for name, fn in runs.items():
-                if device.type == "cuda":
-                    torch.cuda.reset_peak_memory_stats(device)
-                times[name].append(run(fn))
-                if device.type == "cuda":
-                    peaks[name].append(torch.cuda.max_memory_allocated(device))
-            log(f"round {r + 1}: " + ", ".join(f"{n} {times[n][-1]:.2f} s" for n in runs))
+        times, peaks = interleaved(runs, args.warmup, args.repeats, run, device)
     info["machine"]["load_average_at_end"] = list(os.getloadavg())
     timed = kept[timed_attention]
     off_gb = timed["none"]["fp16_bytes_per_sample"] / GB if "none" in timed else None
