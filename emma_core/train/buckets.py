@@ -4,8 +4,8 @@ as square centre crops (users' photos are rarely square).
     sizes = bucket_sizes(512)                 # [(256, 1024)?, ..., (512, 512), ..., (704, 320)?] within max_ratio
     w, h = nearest_bucket(4032, 3024, 512)    # (576, 448): area <= 512^2, sides in steps of 64
 
-Every batch comes from one bucket (loop.BucketOrder), so a batch's latents stack. Below 64 px per side (the
-tiny worlds the tests train in) the step is the resolution itself: one square bucket.
+Every batch comes from one bucket (loop.BucketOrder), so a batch's latents stack. A resolution that is not a
+multiple of 64 (the tiny worlds the tests train in, or 544) gets one square bucket.
 """
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ MAX_RATIO = 2.0
 
 
 def bucket_step(resolution: int) -> int:
-    return STEP if resolution >= STEP and resolution % 8 == 0 else resolution
+    """64, or the resolution itself (one square bucket) when it is not a multiple of 64: a 96 px run would
+    otherwise get 64x128 and 128x64 only, and train a square photo as a 2:1 crop."""
+    return STEP if resolution % STEP == 0 else resolution
 
 
 def bucket_sizes(resolution: int, max_ratio: float = MAX_RATIO) -> list[tuple[int, int]]:
@@ -29,8 +31,7 @@ def bucket_sizes(resolution: int, max_ratio: float = MAX_RATIO) -> list[tuple[in
         for w, h in ((width, height), (height, width)):
             if max(w, h) / min(w, h) <= max_ratio + 1e-9:
                 sizes.add((w, h))
-    if (resolution, resolution) not in sizes and resolution % step == 0:
-        sizes.add((resolution, resolution))
+    sizes.add((resolution, resolution))
     return sorted(sizes, key=lambda s: (s[0] / s[1], s[0]))
 
 

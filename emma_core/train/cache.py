@@ -216,8 +216,16 @@ def _condition(item: DatasetItem, image: torch.Tensor, encoders: CacheEncoders) 
         source = image if item.reference is None else load_image(item.reference, encoders.resolution)
         if item.mask is not None and encoders.use_masks:
             mask = load_mask(item.mask, encoders.resolution)
-    views = reference_views(source, mask, encoders.reference_views, item.name)
-    return [encoders.encode_condition(v, m) for v, m in views], encoders.encoder_name
+    views = [encoders.encode_condition(v, m) for v, m in reference_views(source, mask, encoders.reference_views,
+                                                                             item.name)]
+    for n, view in enumerate(views[1:], start=1):
+        for key, tensor in views[0].tensors.items():
+            if key not in view.tensors:
+                if key != "mask":
+                    raise ValueError(f"view {n} of the reference has no {key!r} features")
+                # the view cropped the painted part of the mask away: an empty mask means the whole picture
+                view.tensors["mask"] = torch.ones_like(tensor)
+    return views, encoders.encoder_name
 
 
 class CachedDataset:
@@ -264,7 +272,10 @@ class CachedDataset:
         return out
 
     def shape_groups(self) -> list[list[int]]:
-        """Indices grouped by bucket (one group when every picture has the same size), in index order."""
+        """Indices grouped by bucket, in index order; one group for a cache built without buckets (its entries
+        all share the resolution, whether or not they record it)."""
+        if not self.fingerprint.get("buckets"):
+            return [list(range(len(self.entries)))]
         groups: dict = {}
         for i, entry in enumerate(self.entries):
             groups.setdefault(entry.get("bucket", ""), []).append(i)

@@ -113,7 +113,8 @@ class BucketOrder:
         return list(out)
 
     def state(self) -> dict:
-        return {"epoch": self.epoch, "offset": self.offset, "count": self.count, "seed": self.seed, "buckets": True}
+        return {"epoch": self.epoch, "offset": self.offset, "count": self.count, "seed": self.seed, "buckets": True,
+                "batch": self.batch, "batches": len(self._epoch_batches())}
 
 
 def data_order(train_set, batch: int, seed: int, epoch: int = 0, offset: int = 0):
@@ -240,10 +241,8 @@ class EMA:
     def swapped_in(self):
         """The EMA weights in the trained parameters' place for the duration (validation, previews, saving)."""
         kept = [p.detach().clone() for p in self.params]
-        with torch.no_grad():
-            for s, p in zip(self.shadow, self.params):
-                p.copy_(s.to(p.dtype))
         try:
+            self.copy_to_params()
             yield
         finally:
             with torch.no_grad():
@@ -358,11 +357,22 @@ def _resume(run: _Run, train_set, state: Optional[dict]) -> None:
     ckpt.set_rng_state(state["rng"][run.rank])
     run.order = data_order(train_set, run.global_batch, run.config.seed, state["order"]["epoch"],
                            state["order"]["offset"])
+    _check_same_order(run, state["order"])
     if run.ema is not None:
         if not state.get("ema"):
             raise ValueError(f"{run.run_dir} was trained without EMA; resume it with ema_decay 0 or start a new run "
                              "folder")
         run.ema.load_state_dict(state["ema"])
+    elif state.get("ema"):
+        log.warning("EMMA training: %s was trained with EMA (decay %s); resuming without it drops the average: the "
+                    "file will hold the last weights", run.run_dir, state.get("config", {}).get("ema_decay"))
+    saved = state.get("config") or {}
+    if "warmup_iters" in saved and "steps" in saved:
+        before = TrainConfig(steps=int(saved["steps"]), warmup_iters=int(saved["warmup_iters"])).warmup()
+        if before != run.config.warmup():
+            log.warning("EMMA training: %s warmed up over %d steps, now %d: the learning rate from step %d on "
+                        "follows the new warm-up (set the warm-up to %d to keep the old one)", run.run_dir, before,
+                        run.config.warmup(), int(state["step"]), before)
     if state["order"]["count"] != len(train_set):
         raise ValueError(f"the training set has {len(train_set)} samples but the checkpoint was made with "
                          f"{state['order']['count']}: the dataset or cache changed; start a new run folder")
@@ -372,6 +382,20 @@ def _resume(run: _Run, train_set, state: Optional[dict]) -> None:
     if run.rank == 0:
         run.tlog.restore(state["records"])
     log.info("EMMA training: resumed %s at step %d", run.run_dir, run.step)
+
+
+def _check_same_order(run: _Run, saved: dict) -> None:
+    """A resume must continue the same data order: bucketed batches (their size, their count) or the plain one."""
+    bucketed = isinstance(run.order, BucketOrder)
+    now = run.order.state()
+    if bool(saved.get("buckets")) != bucketed or (bucketed and (
+            saved.get("batch") != now["batch"] or saved.get("batches", now["batches"]) != now["batches"])):
+        said = (f"with aspect buckets (batches of {saved.get('batch')})" if saved.get("buckets")
+                else "without aspect buckets")
+        raise ValueError(f"{run.run_dir} was trained {said}; now the data comes "
+                         f"{'in buckets, batches of ' + str(now['batch']) if bucketed else 'without buckets'}: resume "
+                         "with the same aspect buckets, batch size and gradient accumulation, or start a new run "
+                         "folder")
 
 
 def _step(run: _Run, train_set) -> dict:

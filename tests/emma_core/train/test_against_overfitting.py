@@ -136,10 +136,36 @@ def test_min_snr_weights_and_warmup_in_proportion():
     assert float(task.loss_weights(t)[0]) < 0.01 and float(task.loss_weights(t)[-1]) == pytest.approx(1.0)
     batch = task.collate([data.sample(i) for i in range(4)])
     task.min_snr_gamma = 0.05  # below every drawn row's SNR but the noisiest: each row weighted down
-    weighted = task(batch, torch.Generator().manual_seed(0))
+    weighted = task(batch, torch.Generator().manual_seed(0)).detach()
     draw = task.draw(batch, torch.Generator().manual_seed(0))
-    assert float(weighted) == pytest.approx(float((task.losses(batch, draw) * task.loss_weights(draw.timesteps)).mean()))
+    assert float(weighted) == pytest.approx(float((task.losses(batch, draw) * task.loss_weights(draw.timesteps)).mean().detach()))
     task.min_snr_gamma = 0.0
     assert float(weighted) < float(task(batch, torch.Generator().manual_seed(0)))
     assert TrainConfig(steps=2000).warmup() == 100 and TrainConfig(steps=150).warmup() == 8
     assert TrainConfig(steps=2000, warmup_iters=0).warmup() == 0
+
+
+def test_a_view_that_crops_the_painted_mask_away_reads_the_whole_picture(tmp_path):
+    """An object mask painted only near the left edge: a view cropping that edge off has an empty mask, which
+    (as for the Image Features node) means the whole picture, not a crash of the cache build."""
+    from PIL import Image
+
+    from emma_core.clip_features import clip_features
+
+    folder = tmp_path / "data"
+    toy.write_toy_dataset(folder, 2)
+    mask = torch.zeros(64, 64)
+    mask[:, :3] = 1.0
+    for i in range(2):
+        Image.fromarray((mask.numpy() * 255).astype("uint8")).save(folder / f"{i:04d}_mask.png")
+
+    def condition(image, mask=None):  # CLIP-like tokens whose mask is dropped when empty, as clip_features does
+        hidden = torch.randn(1, 5, 8, generator=torch.Generator().manual_seed(0))
+        return clip_features(hidden, hidden[:, 0], "clip_tokens", mask, image_size=image.shape[1])
+
+    encoders = CacheEncoders(toy.toy_encode_text, toy.toy_encode_image, condition, {"toy": "masked views"},
+                             resolution=64, use_masks=True, feature_kind="clip_tokens", reference_views=8)
+    scan = scan_dataset(folder)
+    data = CachedDataset(build_cache(scan.items, tmp_path / "cache", encoders).folder)
+    views = data.sample(0)["views"]["mask"]
+    assert views.shape == (8, 4) and bool((views == 1).all(dim=1).any())  # at least one view lost the mask

@@ -122,3 +122,40 @@ def test_training_and_validation_run_over_several_buckets(tmp_path):
     assert result.step == 4 and result.best_val_loss is not None
     assert all(len(shapes) == 1 for shapes in seen)  # every batch (training and validation) from one bucket
     assert len(set().union(*seen)) >= 2
+
+
+def test_a_resolution_off_the_64_grid_trains_square_and_caches_without_buckets_stay_one_group(tmp_path):
+    assert bucket_sizes(96) == [(96, 96)] and nearest_bucket(300, 300, 544) == (544, 544)
+    folder = _folder(tmp_path)
+    scan = scan_dataset(folder)
+    plain = CachedDataset(build_cache(scan.items, tmp_path / "cache", _encoders(SeenShapes(), False)).folder)
+    assert plain.shape_groups() == [list(range(len(plain)))]  # as an Emu cache: never split
+
+
+def test_a_run_resumes_only_with_the_same_buckets_and_batch(tmp_path):
+    folder = _folder(tmp_path)
+    scan = scan_dataset(folder)
+    data = CachedDataset(build_cache(scan.items, tmp_path / "cache", _encoders(SeenShapes(), True)).folder)
+
+    def run(batch_size, steps, subset):
+        torch.manual_seed(0)
+        task = EMMATask(toy.small_emma(), ELLA(toy.TOY_ELLA), toy.ConvDenoiser(), empty_text=data.empty_text)
+        return train(task, subset, TrainConfig(steps=steps, batch_size=batch_size, checkpoint_every=1),
+                     tmp_path / "run")
+
+    run(2, 1, Subset(data, list(range(len(data)))))
+    with pytest.raises(ValueError, match="batches of 2.*batch size and gradient accumulation"):
+        run(1, 2, Subset(data, list(range(len(data)))))
+    with pytest.raises(ValueError, match="with aspect buckets .*now the data comes without buckets"):
+        run(2, 2, _OneGroup(data))
+    assert run(2, 2, Subset(data, list(range(len(data))))).resumed_from == 1
+
+
+class _OneGroup(Subset):
+    """The same samples without their bucket groups (as a run folder trained before buckets resumes)."""
+
+    def __init__(self, data):
+        super().__init__(data, list(range(len(data))))
+
+    def shape_groups(self):
+        return [list(range(len(self)))]
