@@ -140,7 +140,7 @@ def test_min_snr_weights_and_warmup_in_proportion():
     draw = task.draw(batch, torch.Generator().manual_seed(0))
     assert float(weighted) == pytest.approx(float((task.losses(batch, draw) * task.loss_weights(draw.timesteps)).mean().detach()))
     task.min_snr_gamma = 0.0
-    assert float(weighted) < float(task(batch, torch.Generator().manual_seed(0)))
+    assert float(weighted) < float(task(batch, torch.Generator().manual_seed(0)).detach())
     assert TrainConfig(steps=2000).warmup() == 100 and TrainConfig(steps=150).warmup() == 8
     assert TrainConfig(steps=2000, warmup_iters=0).warmup() == 0
 
