@@ -78,18 +78,12 @@ def main(argv=None) -> int:
 
     import_comfy_for_script(args.comfyui, cpu=device.type == "cpu", nodes=False, disable_smart_memory=True)
     import comfy.clip_vision
-    import comfy.model_management as mm
-    import comfy.sd
 
+    from devtools.host.trainer_models import load_checkpoint
     from emma_core.train.umm_job import SubjectWordError, UMMTrainingJob, run_umm_job
 
-    patcher, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(args.checkpoint, output_vae=True, output_clip=True,
-                                                                    output_clipvision=False)
-    log.info("loaded %s (%s)", args.checkpoint, type(patcher.model).__name__)
-
-    def load_base():
-        mm.load_models_gpu([patcher], force_full_load=True)
-        return patcher.model.requires_grad_(False).eval()
+    models = load_checkpoint(args.checkpoint, clip=True)
+    log.info("loaded %s (%s)", args.checkpoint, type(models.base_model).__name__)
 
     job = UMMTrainingJob(
         dataset=args.dataset, subject_word=args.subject_word, out_path=args.out, run_dir=args.run_dir,
@@ -99,7 +93,7 @@ def main(argv=None) -> int:
             grad_clip=args.grad_clip, precision=args.precision, val_every=args.val_every,
             early_stopping_patience=args.patience, checkpoint_every=args.checkpoint_every,
             log_every=args.log_every, seed=args.seed),
-        vae=vae, base_model=patcher.model, load_base=load_base, clip=clip,
+        vae=models.vae, base_model=models.base_model, load_base=models.load_base, clip=models.clip,
         clip_vision=comfy.clip_vision.load(args.clip_vision) if args.clip_vision else None,
         resolution=args.resolution, val_fraction=args.val_fraction, noise_offset=args.noise_offset,
         hidden_dim=args.hidden_dim, resume=not args.no_resume,
