@@ -1,17 +1,29 @@
 #!/usr/bin/env bash
-# The main job from nothing: environment, ComfyUI host, then the ELLA workflow headless -> out/*.png
-#   scripts/demo.sh [--workflow workflows/<name>.json] [--steps N]
-#   scripts/demo.sh --world     builds the world of docs/world.md (about 2 h 15 min on 2 cores, resumable) and
-#                               copies its picture (caption + references -> result) to out/world-picture.png
+# The main job from nothing: environment, ComfyUI host, then a picture.
+#   scripts/demo.sh             builds (or reuses) the reduced world of docs/world.md, runs the shipped world
+#                               workflow on a real ComfyUI server per demo prompt -> out/world-picture.png
+#                               (caption + object reference + background patch -> result; minutes on 2 cores)
+#   scripts/demo.sh --workflow workflows/<name>.json [--steps N]
+#                               runs one shipped workflow headless on real weights where your ComfyUI has them,
+#                               generated stand-ins (random weights: noise) where not -> out/*.png
+#   scripts/demo.sh --world     builds the full world (about 2 h 15 min on 2 cores, resumable) and copies its
+#                               picture to out/world-picture.png
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ "${1:-}" = --world ]; then
-    shift
-    bash scripts/world.sh --schedule full "$@"
-    mkdir -p out
-    cp docs/world/world-picture.png out/world-picture.png
-    echo "demo: out/world-picture.png (the table: docs/world/results.md)"
-    exit 0
-fi
-bash scripts/setup_env.sh
-exec .venv/bin/python -m devtools.demo "$@"
+case "${1:-}" in
+    --world)
+        shift
+        bash scripts/world.sh --schedule full "$@"
+        mkdir -p out
+        cp docs/world/world-picture.png out/world-picture.png
+        echo "demo: out/world-picture.png (the table: docs/world/results.md)"
+        ;;
+    --workflow|--steps|--out)
+        bash scripts/setup_env.sh
+        exec .venv/bin/python -m devtools.demo "$@"
+        ;;
+    *)
+        bash scripts/setup_env.sh
+        exec .venv/bin/python -m devtools.world demo "$@"
+        ;;
+esac

@@ -50,7 +50,8 @@ def pack_custom_nodes_dir(cache_dir: Optional[os.PathLike] = None) -> Path:
     return folder
 
 
-def extra_model_paths_yaml(models_root: Optional[os.PathLike], custom_nodes_dir: Optional[os.PathLike]) -> str:
+def extra_model_paths_yaml(models_root: Optional[os.PathLike], custom_nodes_dir: Optional[os.PathLike],
+                           section: str = "emma_devtools", folders: Optional[tuple[str, ...]] = None) -> str:
     """Text of an extra_model_paths.yaml in ComfyUI's format (utils/extra_config.py):
 
         <section>:
@@ -61,11 +62,14 @@ def extra_model_paths_yaml(models_root: Optional[os.PathLike], custom_nodes_dir:
     Every key of the section goes to folder_paths.add_model_folder_path (unknown keys such as "ella"
     create a new entry that accepts any extension), so `custom_nodes` belongs inside the section too.
     Values are JSON strings, which YAML reads as double-quoted scalars: no PyYAML needed to write it.
+    `folders`: the MODEL_FOLDERS keys to register (default: all).
     """
-    lines = ["emma_devtools:"]
+    lines = [f"{section}:"]
     if models_root is not None:
         lines.append(f"  base_path: {json.dumps(str(Path(models_root).resolve()))}")
         for key, rels in MODEL_FOLDERS.items():
+            if folders is not None and key not in folders:
+                continue
             lines.append(f"  {key}: {json.dumps(chr(10).join(rels))}")
     if custom_nodes_dir is not None:
         lines.append(f"  custom_nodes: {json.dumps(str(Path(custom_nodes_dir).resolve()))}")

@@ -1,5 +1,9 @@
 import sys
 
+if sys.argv[1:2] == ["demo"]:
+    from .demo import main
+
+    sys.exit(main(sys.argv[2:]))
 from .build import main
 
 sys.exit(main())

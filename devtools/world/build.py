@@ -14,6 +14,8 @@ Stages (each skipped when its output exists; the training stages resume from the
   object   the object module, trained in this process through the pack's job builder (emma_core/train/job.py,
            as the node and scripts/train_emma.py) -> models/emma
   style    the style module, likewise
+  adapter  the IP-Adapter-style peer (ipadapter.py) on the object module's data, cache, schedule and loop
+           -> <root>/peer/ (the full schedule only)
   eval     sampling through ComfyUI, reading, the report -> <out>/ (docs/world for the full schedule)
 
 Everything lives under .cache/world/<schedule>/ (git-ignored): models/ (a ComfyUI models folder), runs/,
@@ -36,10 +38,10 @@ from devtools.host import DEFAULT_CACHE
 
 from . import report
 from . import scene as world
-from .files import CHECKPOINT, ELLA_FILE, OBJECT_MODULE, STYLE_MODULE, T5_FILE
+from .files import ADAPTER_FILE, CHECKPOINT, ELLA_FILE, OBJECT_MODULE, STYLE_MODULE, T5_FILE
 
 log = logging.getLogger("world")
-STAGES = ("t5", "codec", "base", "checkpoint", "object", "style", "eval")
+STAGES = ("t5", "codec", "base", "checkpoint", "object", "style", "adapter", "eval")
 _TRAINER_THREADS: list = []  # torch's own thread count, as main() found it before --threads (see _trainer_threads)
 
 
@@ -52,8 +54,9 @@ class Schedule:
     module_pictures: int
     module_steps: int
     module_lr: float
-    rows: tuple = ("text only, full caption", "text naming only the shape", "+ object module", "+ style module",
-                   "+ both, trained apart, assembled")
+    rows: tuple = ("text only, full caption", "text naming only the shape", "+ object module",
+                   "+ object module, reference shows another shape", "+ style module",
+                   "+ both, trained apart, assembled", "+ adapter", "+ adapter, reference shows another shape")
     n_per_row: int = 200
     n_unseen: int = 120
     n_sweep: int = 60
@@ -71,6 +74,7 @@ class Schedule:
     unet: str = "two-level"        # a key of base.UNETS
     ella_layers: int = 2
     ella_latents: int = 16
+    peer: bool = True              # the IP-Adapter peer: its stage, its rows and the trade-off sweep
 
     def module_size(self, kind: str) -> tuple[int, int]:
         """(pictures, steps) of the `kind` module's training: the style overrides where set."""
@@ -83,10 +87,11 @@ SCHEDULES = {
     "full": Schedule("full", decoder_steps=800, base_pictures=8000, base_steps=1000, module_pictures=3000,
                      module_steps=400, module_lr=3e-4, n_unseen=100, n_sweep=40, n_range=60),
     "ci": Schedule("ci", decoder_steps=0, base_pictures=1200, base_steps=100, module_pictures=400,
-                   module_steps=150, module_lr=1e-3, rows=("text naming only the shape", "+ object module"),
+                   module_steps=150, module_lr=1e-3,
+                   rows=("text only, full caption", "text naming only the shape", "+ object module"),
                    n_per_row=60, n_unseen=0, n_sweep=0, n_range=0, preview_every=0, validate_every=0,
                    out="", size=32, style_steps=5, style_pictures=16, unet="one-level", ella_layers=1,
-                   ella_latents=8, sample_steps=10),
+                   ella_latents=8, sample_steps=10, peer=False),
 }
 
 
@@ -249,8 +254,8 @@ def base_data(w: World):
         unique = sorted(set(captions))
         tensors = {"latents": torch.cat(latents), "empty": t5.encode("", None).float(),
                    "caption_index": torch.tensor([unique.index(c) for c in captions])}
-        for j, c in enumerate(unique):
-            tensors[f"caption.{j}"] = t5.encode(c, None).float()
+        for j, c in enumerate(unique):  # a caption may be the empty text: clone, so no two keys share storage
+            tensors[f"caption.{j}"] = t5.encode(c, None).float().clone()
         save_safetensors_atomic(path, tensors, {"captions": json.dumps(unique)})
     tensors = load_file(str(path))
     texts = [tensors[f"caption.{j}"] for j in tensors["caption_index"].tolist()]
@@ -279,45 +284,91 @@ def stage_module(w: World, kind: str) -> None:
     train_module(w, kind, folder, target, steps)
 
 
-def train_module(w: World, kind: str, dataset: Path, target: Path, steps: int) -> None:
-    """The `kind` module through the pack's job builder (emma_core/train/job.py), in this process on the CPU, with
-    the models loaded as scripts/train_emma.py loads them (devtools/host/trainer_models.py)."""
+def _module_job(w: World, kind: str, dataset: Path, target: Path, steps: int):
+    """(the loaded models, the TrainingJob of the `kind` module): the pack's job builder with the schedule's
+    settings, the models loaded as scripts/train_emma.py loads them (devtools/host/trainer_models.py)."""
     import torch
 
     from devtools.host import import_comfy
     from devtools.host.trainer_models import load_trainer_models
     from emma_core.state_dict import sha256_file
-    from emma_core.train.job import DEFAULT_EMA, TrainingJob, run_job
+    from emma_core.train.job import DEFAULT_EMA, TrainingJob
     from emma_core.train.loop import TrainConfig
 
     s, cpu = w.schedule, torch.device("cpu")
     comfy_dir = import_comfy(builtin_nodes=False)["comfy_dir"]
     checkpoint, ella, t5 = w.path("checkpoints", CHECKPOINT), w.path("ella", ELLA_FILE), w.path("text_encoders", T5_FILE)
+    models = load_trainer_models(checkpoint, ella, t5, comfy_dir=comfy_dir, device=cpu)
+    config = TrainConfig(steps=steps, batch_size=s.batch, lr=s.module_lr, warmup_iters=min(s.module_warmup, steps // 3),
+                         decay_to=0.1, val_every=s.validate_every, checkpoint_every=100, log_every=25,
+                         preview_every=s.preview_every, ema_decay=DEFAULT_EMA)
+    job = TrainingJob(modality=kind, dataset=dataset, out_path=target, run_dir=w.runs / kind,
+                      cache_root=w.data / f"{kind}-cache", config=config, vae=models.vae,
+                      base_model=models.base_model, load_base=models.load_base, ella=models.ella, t5=models.t5,
+                      resolution=s.size, text_length="flexible", t5_name=T5_FILE, vae_name=CHECKPOINT,
+                      ella_sha256=sha256_file(ella), val_fraction=0.05 if s.validate_every else 0.0,
+                      preview_steps=15, release_models=models.release, device=cpu)
+    models.t5 = None
+    return models, job
+
+
+def _unload_comfy() -> None:
+    import comfy.model_management as mm
+
+    mm.unload_all_models()  # a training stage leaves ComfyUI's loaded models; the eval loads its own
+    mm.soft_empty_cache()
+
+
+def train_module(w: World, kind: str, dataset: Path, target: Path, steps: int) -> None:
+    """The `kind` module through the pack's job builder (emma_core/train/job.py), in this process on the CPU."""
+    from emma_core.train.job import run_job
+
     with _trainer_threads():
-        models = load_trainer_models(checkpoint, ella, t5, comfy_dir=comfy_dir, device=cpu)
-        config = TrainConfig(steps=steps, batch_size=s.batch, lr=s.module_lr,
-                             warmup_iters=min(s.module_warmup, steps // 3), decay_to=0.1,
-                             val_every=s.validate_every, checkpoint_every=100, log_every=25,
-                             preview_every=s.preview_every, ema_decay=DEFAULT_EMA)
-        job = TrainingJob(modality=kind, dataset=dataset, out_path=target, run_dir=w.runs / kind,
-                          cache_root=w.data / f"{kind}-cache", config=config, vae=models.vae,
-                          base_model=models.base_model, load_base=models.load_base, ella=models.ella, t5=models.t5,
-                          resolution=s.size, text_length="flexible", t5_name=T5_FILE, vae_name=CHECKPOINT,
-                          ella_sha256=sha256_file(ella), val_fraction=0.05 if s.validate_every else 0.0,
-                          preview_steps=15, release_models=models.release, device=cpu)
-        models.t5 = None
+        _, job = _module_job(w, kind, dataset, target, steps)
 
         def on_step(step, total, record):
             if step % 25 == 0 or step == total:
                 log.info("%s module: step %d/%d loss %.5f", kind, step, total, record["loss"])
 
         log.info("%s module: %d pictures, %d steps, batch %d, lr %g", kind, len(list(dataset.glob("*.txt"))), steps,
-                 s.batch, s.module_lr)
+                 w.schedule.batch, w.schedule.module_lr)
         run_job(job, on_cache=lambda report: log.info("%s module: %s", kind, report.text()), on_step=on_step)
-    import comfy.model_management as mm
+    _unload_comfy()
 
-    mm.unload_all_models()  # the module stage's checkpoint leaves ComfyUI's loaded models; the eval loads its own
-    mm.soft_empty_cache()
+
+def stage_adapter(w: World) -> None:
+    """The IP-Adapter-style peer (ipadapter.py) trained as the object module was: the object job's own feature
+    cache (same pictures, references and reference views), steps, batch, learning-rate schedule, EMA, dropouts,
+    validation split and loop; only the trained part differs. Written to <root>/peer/, not to a models folder."""
+    from emma_core.train.job import build_cache, frozen_ella
+
+    from .ipadapter_train import train_adapter
+
+    target = w.root / "peer" / ADAPTER_FILE
+    if target.is_file():
+        return
+    pictures, steps = w.schedule.module_size("object")
+    dataset = w.data / "object-dataset"
+    if not dataset.is_dir():
+        raise RuntimeError(f"the adapter trains on the object module's dataset {dataset}: run the object stage first")
+    with _trainer_threads():
+        models, job = _module_job(w, "object", dataset, w.path("emma", OBJECT_MODULE), steps)
+        report, names = build_cache(job)  # the object stage's cache: found by its fingerprint, not rebuilt
+        job.release_models()
+        models.load_base()
+
+        def on_step(step, total, record):
+            if step % 25 == 0 or step == total:
+                log.info("adapter: step %d/%d loss %.5f", step, total, record["loss"])
+
+        log.info("adapter: %d cached pictures, %d steps, batch %d, lr %g", len(names), steps, w.schedule.batch,
+                 w.schedule.module_lr)
+        train_adapter(report.folder, names, model_patcher=models.patcher, ella=frozen_ella(job.ella, job.device),
+                      out_path=target, run_dir=w.runs / "adapter", config=job.config, device=job.device,
+                      val_fraction=job.val_fraction, cond_dropout=job.cond_dropout, text_dropout=job.text_dropout,
+                      noise_offset=job.noise_offset, min_snr_gamma=job.min_snr_gamma,
+                      gradient_checkpointing=job.gradient_checkpointing, on_step=on_step)
+    _unload_comfy()
 
 
 @contextlib.contextmanager
@@ -335,6 +386,21 @@ def _trainer_threads():
         torch.set_num_threads(before)
 
 
+WORLD_FOLDERS = ("checkpoints", "vae_approx", "text_encoders", "ella", "emma", "emma_features")
+
+
+def write_extra_model_paths(w: World) -> Path:
+    """<root>/extra_model_paths.yaml: the section a user's own ComfyUI needs to list the world's models (pass it
+    with --extra-model-paths-config, or paste it into ComfyUI's own extra_model_paths.yaml)."""
+    from devtools.host.layout import extra_model_paths_yaml
+
+    path = w.root / "extra_model_paths.yaml"
+    text = extra_model_paths_yaml(w.models, None, section=f"emma_world_{w.schedule.name}", folders=WORLD_FOLDERS)
+    path.write_text(f"# the world's models ({w.schedule.name} schedule), written by python -m devtools.world build\n"
+                    + text)
+    return path
+
+
 def stage_eval(w: World) -> None:
     report.run(w)
 
@@ -346,6 +412,7 @@ def run(schedule, until: str | None = None, root: Path | None = None, only: str 
     from devtools.host import ensure_model_folders, import_comfy
 
     ensure_model_folders(w.models)
+    write_extra_model_paths(w)
     import_comfy(builtin_nodes=False)
     for stage in STAGES:
         if only is not None and stage != only:
@@ -362,6 +429,9 @@ def run(schedule, until: str | None = None, root: Path | None = None, only: str 
             stage_checkpoint(w)
         elif stage in ("object", "style"):
             stage_module(w, stage)
+        elif stage == "adapter":
+            if w.schedule.peer:
+                stage_adapter(w)
         else:
             stage_eval(w)
         w.timings[stage] = round(time.perf_counter() - t0, 1)

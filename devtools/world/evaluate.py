@@ -58,10 +58,11 @@ class Case:
     object_use: ModuleUse = ModuleUse()
     style_use: ModuleUse = ModuleUse()
     other_shape: bool = False                          # the object reference shows another shape than the text
+    adapter_scale: Optional[float] = None              # the object reference goes to the IP-Adapter peer instead
 
     def group(self) -> tuple:
         return (self.caption, self.object_ref is not None, self.style_ref is not None, self.object_use,
-                self.style_use)
+                self.style_use, self.adapter_scale)
 
 
 @dataclass
@@ -73,15 +74,17 @@ class WorldModels:
     t5: str
     object_module: Optional[str] = None
     style_module: Optional[str] = None
+    adapter: Optional[str] = None  # the IP-Adapter peer's file (a path: it is no pack model; devtools/world/ipadapter.py)
 
 
 # ---- the graph ----------------------------------------------------------------------------------------------
 def api_graph(models: WorldModels, caption: str, batch: int, seed: int, sampling: Sampling,
               object_features: Optional[str] = None, style_features: Optional[str] = None,
               object_use: ModuleUse = ModuleUse(), style_use: ModuleUse = ModuleUse(),
-              prefix: str = "world") -> dict:
+              prefix: str = "world", adapter_scale: Optional[float] = None) -> dict:
     """The API graph of one batch (the shipped UI workflow workflows/emma_world_assembled.json is the same
-    graph with one picture)."""
+    graph with one picture). adapter_scale: the object features go to the IP-Adapter peer (the model patched
+    by EMMAWorldIPAdapter at that scale) instead of the object module."""
     g = {
         "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": models.checkpoint}},
         "ella": {"class_type": "EMMALoadELLA", "inputs": {"ella_name": models.ella}},
@@ -94,7 +97,15 @@ def api_graph(models: WorldModels, caption: str, batch: int, seed: int, sampling
         "latent": {"class_type": "EmptyLatentImage", "inputs": {"width": sampling.size, "height": sampling.size,
                                                                 "batch_size": batch}},
     }
-    positive, negative, conditions = ["pos", 0], ["neg", 0], None
+    positive, negative, conditions, model = ["pos", 0], ["neg", 0], None, ["ckpt", 0]
+    if adapter_scale is not None:
+        if models.adapter is None or object_features is None:
+            raise ValueError("the adapter rows need the adapter's file and object features")
+        g["adapter_features"] = {"class_type": "EMMALoadFeatures", "inputs": {"features_name": object_features}}
+        g["adapter"] = {"class_type": "EMMAWorldIPAdapter", "inputs": {
+            "model": model, "adapter_path": models.adapter, "features": ["adapter_features", 0],
+            "scale": adapter_scale}}
+        model, object_features = ["adapter", 0], None
     for key, module, feats, use in (("object", models.object_module, object_features, object_use),
                                     ("style", models.style_module, style_features, style_use)):
         if feats is None:
@@ -113,7 +124,7 @@ def api_graph(models: WorldModels, caption: str, batch: int, seed: int, sampling
                                                                   "apply_to_negative": False}}
         positive, negative = ["assemble", 0], ["assemble", 1]
     g["sampler"] = {"class_type": "KSampler", "inputs": {
-        "model": ["ckpt", 0], "positive": positive, "negative": negative, "latent_image": ["latent", 0],
+        "model": model, "positive": positive, "negative": negative, "latent_image": ["latent", 0],
         "seed": seed, "steps": sampling.steps, "cfg": sampling.cfg, "sampler_name": sampling.sampler,
         "scheduler": sampling.scheduler, "denoise": 1.0}}
     g["decode"] = {"class_type": "VAEDecode", "inputs": {"samples": ["sampler", 0], "vae": ["ckpt", 2]}}
@@ -153,7 +164,8 @@ def run_batch(models: WorldModels, cases: Sequence[Case], sampling: Sampling, fe
             names[kind] = f"{features_folder_name}/{path.name}"
     first = cases[0]
     graph = api_graph(models, first.caption, len(cases), batch_seed(cases), sampling, names.get("object"),
-                      names.get("style"), first.object_use, first.style_use, prefix=f"world/{key}")
+                      names.get("style"), first.object_use, first.style_use, prefix=f"world/{key}",
+                      adapter_scale=first.adapter_scale)
     result = run_graph_in_process(graph)
     out = []
     for image in result["outputs"]["save"]["images"]:
@@ -175,19 +187,41 @@ def wilson(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
+VALUES = {"shape": world.SHAPES, "colour": world.COLOURS, "background": world.BACKGROUNDS}
+NONE = "none"  # what the reader found when it found no object
+
+
 @dataclass
 class Score:
+    """Accuracy per attribute, and the confusion table behind it: confusion[attribute][wanted][read] counts."""
+
     n: int = 0
     correct: dict = field(default_factory=lambda: {a: 0 for a in ATTRIBUTES})
+    confusion: dict = field(default_factory=lambda: {a: {} for a in ATTRIBUTES})
 
     def add(self, target: Sequence[str], reading) -> None:
         self.n += 1
         for attribute, wanted in zip(ATTRIBUTES, target):
-            self.correct[attribute] += int(reading.get(attribute) == wanted)
+            read = reading.get(attribute)
+            self.correct[attribute] += int(read == wanted)
+            row = self.confusion[attribute].setdefault(wanted, {})
+            row[read or NONE] = row.get(read or NONE, 0) + 1
+
+    def per_value(self, attribute: str) -> dict:
+        """{wanted value: {"n", "accuracy", "interval"}} in the world's order of values."""
+        out = {}
+        for value in VALUES[attribute]:
+            row = self.confusion[attribute].get(value, {})
+            n, hit = sum(row.values()), row.get(value, 0)
+            if n:
+                out[value] = {"n": n, "accuracy": hit / n, "interval": wilson(hit, n)}
+        return out
 
     def summary(self) -> dict:
         return {"n": self.n, **{a: {"accuracy": self.correct[a] / self.n if self.n else None,
-                                    "interval": wilson(self.correct[a], self.n)} for a in ATTRIBUTES}}
+                                    "interval": wilson(self.correct[a], self.n),
+                                    "per_value": self.per_value(a), "confusion": self.confusion[a]}
+                                for a in ATTRIBUTES}}
 
 
 def evaluate(models: WorldModels, cases: Sequence[Case], sampling: Sampling, features_dir: Path,

@@ -276,6 +276,8 @@ class ApplyWorldIPAdapter:
     CATEGORY = "EMMA/devtools"
 
     def apply(self, model, adapter_path, features, scale):
+        # ComfyUI imports the pack under its folder's name, so its Features is another class than this file's
+        features = Features(features.kind, dict(features.tensors), getattr(features, "encoder", ""))
         return (patch_model(model, load_adapter(adapter_path), features, scale),)
 
 

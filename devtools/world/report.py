@@ -1,12 +1,15 @@
 """The measurement protocol and its report: which pictures are made, how they are graded, what is written.
 
-Rows of the table (n pictures each, caption templates and references drawn from evaluation-only seeds):
+Rows of the table (n pictures each; every case its own target, stratified so each shape, colour and
+background is asked for equally often; caption templates and references from evaluation-only seeds):
   text only, full caption        the caption names shape, colour and background
   text naming only the shape     colour and background are not asked for (random targets: chance)
-  + object module                shape from the text; colour from an object reference; half the references
-                                 show another shape than the text names (reported apart)
+  + object module                shape from the text; colour from an object reference of the same shape
+  + object module, reference shows another shape   the reference's shape is another one (each equally often):
+                                 does the text keep the shape?
   + style module                 shape from the text; background from a background patch
   + both, trained apart, assembled   both modules, assembled at inference
+Each row reports per attribute the accuracy, its 95 % Wilson interval and the confusion table (wanted x read).
 Beside the table: the full caption and both modules on combinations no training set ever showed; a sweep of
 the object module's weight; the object and style modules active on the first or the second half of the
 schedule only.
@@ -15,16 +18,17 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 
 from . import scene as world
 from .evaluate import ATTRIBUTES, CHANCE, Case, ModuleUse, Sampling, WorldModels, evaluate, score
-from .files import CHECKPOINT, ELLA_FILE, OBJECT_MODULE, STYLE_MODULE, T5_FILE
+from .files import ADAPTER_FILE, CHECKPOINT, ELLA_FILE, OBJECT_MODULE, STYLE_MODULE, T5_FILE
 
 WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5)
+EMMA, ADAPTER = "EMMA object module (condition weight)", "IP-Adapter peer (scale)"
 HALVES = {"first half [0, 0.5]": ModuleUse(1.0, 0.0, 0.5), "second half [0.5, 1]": ModuleUse(1.0, 0.5, 1.0)}
 
 
@@ -32,39 +36,93 @@ def _ref_seed(split: str, index: int) -> int:
     return int(world.rng("reference", split, index).integers(2**48))
 
 
-def _other_shape(shape: str, g) -> str:
-    others = [s for s in world.SHAPES if s != shape]
-    return others[int(g.integers(len(others)))]
+def _unevenness(targets) -> tuple[int, int]:
+    """(how far some attribute's counts spread beyond one, the sum of squared counts): lower is more even."""
+    beyond, squares = 0, 0
+    for a, values in enumerate((world.SHAPES, world.COLOURS, world.BACKGROUNDS)):
+        counts = [0] * len(values)
+        for t in targets:
+            counts[values.index(t[a])] += 1
+        beyond += max(0, max(counts) - min(counts) - 1)
+        squares += sum(c * c for c in counts)
+    return beyond, squares
 
 
-BLOCK = 4  # cases in a row come in blocks of 4 that share the target combination and so the caption: they batch
+def stratified_targets(n: int, combinations, key: str) -> list[tuple[str, str, str]]:
+    """n targets from `combinations`: every combination as often as the others (within one), and every shape,
+    colour and background asked for equally often (counts within one of each other): each case its own target,
+    so a weak value cannot hide behind an easy one and cases are not copies of each other.
+
+    Whole rounds of `combinations` (the world's seen and held-out sets are balanced in every attribute), then
+    the rest: distinct combinations chosen by a swap search for the most even counts; the order is shuffled.
+    """
+    g = world.rng("targets", key)
+    combinations = list(combinations)
+    rounds, rest = divmod(n, len(combinations))
+    order = [int(i) for i in g.permutation(len(combinations))]
+    chosen, spare = order[:rest], order[rest:]
+    base = combinations * rounds
+    best = _unevenness(base + [combinations[i] for i in chosen])
+    for _ in range(3000):
+        if best[0] == 0 or not spare:  # every attribute within one
+            break
+        i, j = int(g.integers(len(chosen))), int(g.integers(len(spare)))
+        chosen[i], spare[j] = spare[j], chosen[i]
+        after = _unevenness(base + [combinations[k] for k in chosen])
+        if after <= best:
+            best = after
+        else:
+            chosen[i], spare[j] = spare[j], chosen[i]
+    targets = base + [combinations[i] for i in chosen]
+    return [tuple(targets[int(i)]) for i in g.permutation(n)]
+
+
+def _other_shapes(targets, key: str) -> list[str]:
+    """A reference shape other than each target's, every shape used equally often (within one): a greedy pick,
+    then swaps between cases from the most used shape to the least used one."""
+    g = world.rng("other shapes", key)
+    counts = dict.fromkeys(world.SHAPES, 0)
+    out = []
+    for shape, _, _ in targets:
+        others = [s for s in world.SHAPES if s != shape]
+        low = min(counts[s] for s in others)
+        choice = [s for s in others if counts[s] == low]
+        out.append(choice[int(g.integers(len(choice)))])
+        counts[out[-1]] += 1
+    for _ in range(len(targets)):
+        most, least = max(counts, key=counts.get), min(counts, key=counts.get)
+        if counts[most] - counts[least] <= 1:
+            break
+        # a case showing `most` whose caption's shape is not `least` takes `least` instead
+        i = next(i for i, (t, ref) in enumerate(zip(targets, out)) if ref == most and t[0] != least)
+        out[i] = least
+        counts[most] -= 1
+        counts[least] += 1
+    return out
 
 
 def row_cases(row: str, n: int, combinations=world.SEEN, split: str = "") -> list[Case]:
-    """n cases of one row (targets uniform over `combinations`, in blocks of BLOCK)."""
+    """n cases of one row, each with its own target (stratified_targets), caption template, references and
+    reference seeds. Rows whose caption names only the shape batch by caption (each picture still its own case,
+    drawing its own noise); full captions run one picture per graph."""
     split = split or f"eval/{row}"
-    leaders = list(world.scenes(split, -(-n // BLOCK), combinations))
+    targets = stratified_targets(n, combinations, split)
+    other = "another shape" in row
+    reference_shapes = _other_shapes(targets, split) if other else [t[0] for t in targets]
     cases = []
-    for index in range(n):
-        target = leaders[index // BLOCK]
-        g = world.rng("case", split, index)
-        full = world.caption(target, "full", variant=(index // BLOCK) % len(world.FULL))
-        shape_only = world.caption(target, "shape", variant=0)
+    for index, target in enumerate(targets):
+        scene = world.Scene(*target, seed=int(world.rng("case", split, index).integers(2**48)))
         object_ref = style_ref = None
-        other = False
-        if row == "text only, full caption":
-            text = full
-        elif row == "text naming only the shape":
-            text = shape_only
+        if row.startswith("text only"):
+            text = world.caption(scene, "full")
         else:
-            text = shape_only
-            if "object" in row or "both" in row:
-                other = index % 2 == 1
-                object_ref = (_other_shape(target.shape, g) if other else target.shape, target.colour,
-                              _ref_seed(split, index))
+            text = world.caption(scene, "shape")
+            if "object" in row or "both" in row or "adapter" in row:
+                object_ref = (reference_shapes[index], target[1], _ref_seed(split, index))
             if "style" in row or "both" in row:
-                style_ref = (target.background, _ref_seed(split + "/style", index))
-        cases.append(Case(text, target.combination, object_ref, style_ref, other_shape=other))
+                style_ref = (target[2], _ref_seed(split + "/style", index))
+        cases.append(Case(text, target, object_ref, style_ref, other_shape=other,
+                          adapter_scale=1.0 if "adapter" in row else None))
     return cases
 
 
@@ -86,6 +144,71 @@ def range_cases(n: int) -> dict[str, list[Case]]:
         styles = row_cases("+ style module", n, split="eval/range-style")
         out[f"style module, {half}"] = [Case(c.caption, c.target, None, c.style_ref, style_use=use) for c in styles]
     return out
+
+
+def tradeoff_cases(n: int) -> dict[tuple[str, float], list[Case]]:
+    """Cases whose object reference shows another shape than the caption, at each EMMA condition weight and
+    each adapter scale in WEIGHTS (the same cases for both): colour should come from the reference, shape from
+    the text."""
+    base = row_cases("+ object module, reference shows another shape", n, split="eval/tradeoff")
+    out = {}
+    for weight in WEIGHTS:
+        out[(EMMA, weight)] = [replace(c, object_use=ModuleUse(weight)) for c in base]
+        out[(ADAPTER, weight)] = [replace(c, adapter_scale=weight) for c in base]
+    return out
+
+
+def _register_peer(path: Path) -> Path:
+    """The IP-Adapter peer's node in this process's ComfyUI (never in the pack's own mappings)."""
+    import nodes
+
+    from . import ipadapter
+
+    if not path.is_file():
+        raise FileNotFoundError(f"the schedule measures the IP-Adapter peer, but {path} is missing: run the "
+                                "adapter stage (python -m devtools.world build --only adapter)")
+    nodes.NODE_CLASS_MAPPINGS.update(ipadapter.NODE_CLASS_MAPPINGS)
+    return path
+
+
+def plot_tradeoff(results: dict, path: Path, width: int = 560, height: int = 420) -> None:
+    """Shape kept from the text (y) against colour taken from the reference (x), one curve per method, a point
+    per weight / scale (labelled), with 95 % intervals; on cases whose reference shows another shape."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default()
+    img = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(img)
+    left, right, top, bottom = 60, width - 20, 40, height - 50
+
+    def xy(x, y):
+        return left + (right - left) * x, bottom - (bottom - top) * y
+
+    for a in (0.0, 0.25, 0.5, 0.75, 1.0):
+        draw.line([*xy(a, 0), *xy(a, 1)], fill=(235, 235, 235))
+        draw.line([*xy(0, a), *xy(1, a)], fill=(235, 235, 235))
+        draw.text((xy(a, 0)[0] - 10, bottom + 6), f"{a:.2f}", fill=(60, 60, 60), font=font)
+        draw.text((8, xy(0, a)[1] - 6), f"{a:.2f}", fill=(60, 60, 60), font=font)
+    draw.rectangle([left, top, right, bottom], outline=(120, 120, 120))
+    for method, colour in ((EMMA, (200, 60, 30)), (ADAPTER, (30, 80, 200))):
+        points = sorted(results.get(method, {}).items())
+        if not points:
+            continue
+        coords = [xy(r["colour"]["accuracy"], r["shape"]["accuracy"]) for _, r in points]
+        draw.line(coords, fill=colour, width=2)
+        for (weight, r), (x, y) in zip(points, coords):
+            (xlo, xhi), (ylo, yhi) = r["colour"]["interval"], r["shape"]["interval"]
+            draw.line([*xy(xlo, r["shape"]["accuracy"]), *xy(xhi, r["shape"]["accuracy"])], fill=colour)
+            draw.line([*xy(r["colour"]["accuracy"], ylo), *xy(r["colour"]["accuracy"], yhi)], fill=colour)
+            draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
+            draw.text((x + 4, y - 12), f"{weight:g}", fill=colour, font=font)
+    draw.text((left, 8), "reference shows another shape: colour from the reference (x) vs shape kept from the text "
+                         "(y)", fill=(30, 30, 30), font=font)
+    draw.text((left, 22), "red: EMMA object module, by condition weight; blue: IP-Adapter peer, by scale",
+              fill=(30, 30, 30), font=font)
+    draw.text((width // 2 - 60, height - 20), "colour from the reference", fill=(30, 30, 30), font=font)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path)
 
 
 def _fmt(summary: dict, attribute: str) -> str:
@@ -162,55 +285,28 @@ def plot_sweep(results: dict, path: Path, width: int = 560, height: int = 340) -
     img.save(path)
 
 
-# The world picture (docs, README, scripts/demo.sh --world): caption + references -> result. The first case is
-# the shipped workflow workflows/emma_world_assembled.json, whose picture the tests compare with this one.
-DEMO = (("a circle", ("square", "red", 11), ("stripes", 12)),
-        ("a triangle", ("circle", "blue", 13), ("dots", 14)),
-        ("a cross", ("triangle", "green", 15), ("checks", 16)),
-        ("a square", ("cross", "magenta", 17), ("plain", 18)))
-
-
 def world_picture(models, sampling, w, out: Path) -> Path:
-    """Render the demo cases through the same graph as the shipped workflow (batch 1, its seed and features
-    file names) and compose them into one picture; also writes the workflow case's raw picture."""
-    from PIL import Image, ImageDraw, ImageFont
+    """The demo rows (picture.DEMO) through the same graph as the shipped workflow (batch 1, its seed and
+    features file names), composed into out/world-picture.png; also writes the workflow case's raw picture."""
+    from PIL import Image
 
-    from devtools.build_workflows import WORLD_OBJECT_REFERENCE, WORLD_SEED, WORLD_STYLE_REFERENCE
+    from devtools.build_workflows import WORLD_SEED
     from devtools.host import run_graph_in_process
 
-    from . import features as world_features
+    from . import picture as demo
     from .evaluate import api_graph
 
-    folder = w.models / "emma_features"
-    cell, label = 128, 18
-    font = ImageFont.load_default()
-    canvas = Image.new("RGB", (3 * cell, len(DEMO) * (cell + label) + 16), "white")
-    draw = ImageDraw.Draw(canvas)
-    for col, title in enumerate(("object reference", "background reference", "result")):
-        draw.text((col * cell + 4, 2), title, fill=(40, 40, 40), font=font)
-    for row, (caption, obj, style) in enumerate(DEMO):
-        # references at the size the modules were trained on (their encoders' token counts follow it)
-        refs = [world.object_reference(*obj, w.schedule.size), world.background_patch(*style, w.schedule.size)]
-        names = (WORLD_OBJECT_REFERENCE, WORLD_STYLE_REFERENCE) if row == 0 else \
-            (f"demo/object-{row}.safetensors", f"demo/style-{row}.safetensors")
-        for kind, ref, name in zip(("object", "style"), refs, names):
-            (folder / name).parent.mkdir(parents=True, exist_ok=True)
-            world_features.write_features(kind, [ref], folder / name)
-        graph = api_graph(models, caption, 1, WORLD_SEED, sampling, names[0], names[1], prefix="world-picture")
+    results = []
+    for row, names in enumerate(demo.write_references(w.models / "emma_features", w.schedule.size)):
+        graph = api_graph(models, demo.DEMO[row][0], 1, WORLD_SEED, sampling, names[0], names[1],
+                          prefix="world-picture")
         result = run_graph_in_process(graph)
         image = result["outputs"]["save"]["images"][0]
-        with Image.open(result["output_dir"] / image.get("subfolder", "") / image["filename"]) as picture:
-            picture = picture.convert("RGB")
-            if row == 0:
-                picture.save(out / "workflow-picture.png")
-            top = 16 + row * (cell + label)
-            for col, p in enumerate([Image.fromarray(world.to_uint8(r)) for r in refs] + [picture]):
-                canvas.paste(p.resize((cell, cell), Image.NEAREST), (col * cell, top))
-        draw.text((4, top + cell + 2), f'"{caption}"  +  {obj[1]} {obj[0]} reference  +  {style[0]} patch',
-                  fill=(30, 30, 30), font=font)
-    path = out / "world-picture.png"
-    canvas.save(path)
-    return path
+        with Image.open(result["output_dir"] / image.get("subfolder", "") / image["filename"]) as saved:
+            results.append(saved.convert("RGB"))
+        if row == 0:
+            results[0].save(out / "workflow-picture.png")
+    return demo.compose(results, w.schedule.size, out / "world-picture.png")
 
 
 def run(w) -> dict:
@@ -221,11 +317,17 @@ def run(w) -> dict:
     out = REPO_ROOT / s.out if s.out else Path(w.root) / "report"
     load_pack_in_process(w.models)
     models = WorldModels(CHECKPOINT, ELLA_FILE, T5_FILE, OBJECT_MODULE, STYLE_MODULE)
+    if getattr(s, "peer", False):
+        models.adapter = str(_register_peer(Path(w.root) / "peer" / ADAPTER_FILE))
     sampling = Sampling(size=s.size, steps=s.sample_steps)
     features_dir = w.models / "emma_features" / "eval"
     features_dir.mkdir(parents=True, exist_ok=True)
     report: dict = {"schedule": asdict(s), "sampling": asdict(sampling), "chance": CHANCE, "rows": {},
-                    "unseen": {}, "sweep": {}, "ranges": {}}
+                    "unseen": {}, "sweep": {}, "ranges": {}, "tradeoff": {}, "stage_seconds": dict(w.timings)}
+    if models.adapter:
+        from .ipadapter_train import parameter_counts
+
+        report["parameters"] = parameter_counts(s.unet, s.ella_layers, s.ella_latents, s.size)
     t0 = time.perf_counter()
 
     def measure(cases):
@@ -235,11 +337,7 @@ def run(w) -> dict:
     for row in s.rows:
         cases = row_cases(row, s.n_per_row)
         pictures, readings = measure(cases)
-        entry = {"all": score(cases, readings)}
-        if any(c.object_ref for c in cases):
-            entry["reference shows the caption's shape"] = score(cases, readings, lambda c: not c.other_shape)
-            entry["reference shows another shape"] = score(cases, readings, lambda c: c.other_shape)
-        report["rows"][row] = entry
+        report["rows"][row] = {"all": score(cases, readings)}
         grid(pictures, cases, out / f"{_slug(row)}.png", size=s.size)
     if s.n_unseen:
         for row in ("text only, full caption", "+ both, trained apart, assembled"):
@@ -254,14 +352,23 @@ def run(w) -> dict:
     if s.n_range:
         for name, cases in range_cases(s.n_range).items():
             report["ranges"][name] = score(cases, measure(cases)[1])
+    if models.adapter and s.n_sweep:
+        for (method, weight), cases in tradeoff_cases(s.n_sweep).items():
+            report["tradeoff"].setdefault(method, {})[weight] = score(cases, measure(cases)[1])
+        plot_tradeoff(report["tradeoff"], out / "tradeoff.png")
     out.mkdir(parents=True, exist_ok=True)
     for final in (False, True):  # the measurements are kept even if the picture below fails
         if final:
-            world_picture(models, Sampling(), w, out)
+            world_picture(models, Sampling(size=s.size), w, out)
         report["seconds"] = round(time.perf_counter() - t0, 1)
         (out / "report.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
         (out / "results.md").write_text(markdown(report))
     return report
+
+
+def _per_value(summary: dict, attribute: str) -> str:
+    """'circle 0.92 · square 0.75 · ...': the compact form of one attribute's confusion table."""
+    return " · ".join(f"{value} {v['accuracy']:.2f}" for value, v in summary[attribute].get("per_value", {}).items())
 
 
 def _slug(text: str) -> str:
@@ -275,6 +382,10 @@ def markdown(report: dict) -> str:
             name = row if part == "all" else f"&nbsp;&nbsp;{row}: {part}"
             lines.append(f"| {name} | {summary['n']} | " + " | ".join(_fmt(summary, a) for a in ATTRIBUTES) + " |")
     lines.append("| chance | | " + " | ".join(f"{CHANCE[a]:.2f}" for a in ATTRIBUTES) + " |")
+    lines += ["", "Accuracy per wanted value (each row's cases are stratified: every value equally often):", "",
+              "| row | shape | colour | background |", "|---|---|---|---|"]
+    for row, entry in report["rows"].items():
+        lines.append(f"| {row} | " + " | ".join(_per_value(entry["all"], a) for a in ATTRIBUTES) + " |")
     if report["unseen"]:
         lines += ["", "Combinations never seen together in any training:", "",
                   "| row | n | shape | colour | background |", "|---|---|---|---|---|"]
@@ -285,6 +396,19 @@ def markdown(report: dict) -> str:
                   "| weight | n | shape | colour | background |", "|---|---|---|---|---|"]
         for weight, summary in report["sweep"].items():
             lines.append(f"| {weight} | {summary['n']} | " + " | ".join(_fmt(summary, a) for a in ATTRIBUTES) + " |")
+    if report.get("tradeoff"):
+        lines += ["", "Trade-off, reference shows another shape than the caption (the same cases at every setting):",
+                  "", "| method | weight / scale | n | shape kept from the text | colour from the reference |",
+                  "|---|---|---|---|---|"]
+        for method, points in report["tradeoff"].items():
+            for weight, summary in points.items():
+                lines.append(f"| {method} | {weight} | {summary['n']} | {_fmt(summary, 'shape')} | "
+                             f"{_fmt(summary, 'colour')} |")
+    if report.get("parameters"):
+        p = report["parameters"]
+        lines += ["", f"Trained parameters: EMMA object module {p['emma_object_module'] / 1e6:.2f} M; IP-Adapter peer "
+                      f"{p['adapter'] / 1e6:.2f} M ({p['adapter_layers']} cross-attention layers, "
+                      f"{p['adapter_tokens']} image tokens)."]
     if report["ranges"]:
         lines += ["", "Modules active on half of the schedule only:", "",
                   "| module, range | n | shape | colour | background |", "|---|---|---|---|---|"]

@@ -275,3 +275,24 @@ def test_parameter_counts_at_the_full_schedule(comfy_stock):
     assert counts["adapter_projection"] == 2 * (6 * 768 + 768) + 2 * 768
     assert counts["adapter"] == counts["adapter_kv"] + counts["adapter_projection"]
     assert counts["emma_object_module"] > 0
+
+
+def test_the_node_takes_the_features_the_packs_load_features_node_gives(comfy_inprocess, add_model_folder, sd15,
+                                                                        adapter, tmp_path):
+    """ComfyUI imports the pack under its folder's name, so Load EMMA Features hands over the pack's own Features
+    class, not the one devtools imports: the evaluation's node must take it (it once refused it)."""
+    folder = tmp_path / "features"
+    world_features.write_features("object", [world.object_reference("circle", "red", 0, SIZE)],
+                                  folder / "red.safetensors")
+    add_model_folder("emma_features", str(folder))
+    load = comfy_inprocess.nodes.NODE_CLASS_MAPPINGS["EMMALoadFeatures"]
+    from_the_pack = load.execute("red.safetensors")[0]
+    assert type(from_the_pack) is not world_features.Features  # what the graph really hands over
+    save_adapter(adapter, tmp_path / "ip.safetensors")
+    x, sigma, context = inputs(1)
+    patched = NODE_CLASS_MAPPINGS["EMMAWorldIPAdapter"]().apply(sd15, str(tmp_path / "ip.safetensors"),
+                                                                from_the_pack, 1.0)[0]
+    expected = patch_model(sd15, load_adapter(tmp_path / "ip.safetensors"), references(("circle", "red", 0)), 1.0)
+    out = run(patched, x, sigma, context)
+    assert torch.equal(out, run(expected, x, sigma, context))
+    assert (out - run(sd15, x, sigma, context)).abs().max() > 1e-3
