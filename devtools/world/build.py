@@ -299,9 +299,9 @@ def _module_job(w: World, kind: str, dataset: Path, target: Path, steps: int):
     comfy_dir = import_comfy(builtin_nodes=False)["comfy_dir"]
     checkpoint, ella, t5 = w.path("checkpoints", CHECKPOINT), w.path("ella", ELLA_FILE), w.path("text_encoders", T5_FILE)
     models = load_trainer_models(checkpoint, ella, t5, comfy_dir=comfy_dir, device=cpu)
-    config = TrainConfig(steps=steps, batch_size=s.batch, lr=s.module_lr, warmup_iters=min(s.module_warmup, steps // 3),
-                         decay_to=0.1, val_every=s.validate_every, checkpoint_every=100, log_every=25,
-                         preview_every=s.preview_every, ema_decay=DEFAULT_EMA)
+    config = TrainConfig(steps=steps, batch_size=s.batch, lr=s.module_lr,
+                         warmup_iters=min(s.module_warmup, steps // 3), decay_to=0.1, val_every=s.validate_every,
+                         checkpoint_every=100, log_every=25, preview_every=s.preview_every, ema_decay=DEFAULT_EMA)
     job = TrainingJob(modality=kind, dataset=dataset, out_path=target, run_dir=w.runs / kind,
                       cache_root=w.data / f"{kind}-cache", config=config, vae=models.vae,
                       base_model=models.base_model, load_base=models.load_base, ella=models.ella, t5=models.t5,
@@ -312,15 +312,9 @@ def _module_job(w: World, kind: str, dataset: Path, target: Path, steps: int):
     return models, job
 
 
-def _unload_comfy() -> None:
-    import comfy.model_management as mm
-
-    mm.unload_all_models()  # a training stage leaves ComfyUI's loaded models; the eval loads its own
-    mm.soft_empty_cache()
-
-
 def train_module(w: World, kind: str, dataset: Path, target: Path, steps: int) -> None:
     """The `kind` module through the pack's job builder (emma_core/train/job.py), in this process on the CPU."""
+    from devtools.host.trainer_models import TrainerModels
     from emma_core.train.job import run_job
 
     with _trainer_threads():
@@ -333,13 +327,14 @@ def train_module(w: World, kind: str, dataset: Path, target: Path, steps: int) -
         log.info("%s module: %d pictures, %d steps, batch %d, lr %g", kind, len(list(dataset.glob("*.txt"))), steps,
                  w.schedule.batch, w.schedule.module_lr)
         run_job(job, on_cache=lambda report: log.info("%s module: %s", kind, report.text()), on_step=on_step)
-    _unload_comfy()
+    TrainerModels.release()  # a training stage leaves ComfyUI's loaded models; the eval loads its own
 
 
 def stage_adapter(w: World) -> None:
     """The IP-Adapter-style peer (ipadapter.py) trained as the object module was: the object job's own feature
     cache (same pictures, references and reference views), steps, batch, learning-rate schedule, EMA, dropouts,
     validation split and loop; only the trained part differs. Written to <root>/peer/, not to a models folder."""
+    from devtools.host.trainer_models import TrainerModels
     from emma_core.train.job import build_cache, frozen_ella
 
     from .ipadapter_train import train_adapter
@@ -368,7 +363,7 @@ def stage_adapter(w: World) -> None:
                       val_fraction=job.val_fraction, cond_dropout=job.cond_dropout, text_dropout=job.text_dropout,
                       noise_offset=job.noise_offset, min_snr_gamma=job.min_snr_gamma,
                       gradient_checkpointing=job.gradient_checkpointing, on_step=on_step)
-    _unload_comfy()
+    TrainerModels.release()  # a training stage leaves ComfyUI's loaded models; the eval loads its own
 
 
 @contextlib.contextmanager

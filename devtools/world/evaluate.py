@@ -74,7 +74,7 @@ class WorldModels:
     t5: str
     object_module: Optional[str] = None
     style_module: Optional[str] = None
-    adapter: Optional[str] = None  # the IP-Adapter peer's file (a path: it is no pack model; devtools/world/ipadapter.py)
+    adapter: Optional[str] = None  # the IP-Adapter peer's file, a path (no pack model; devtools/world/ipadapter.py)
 
 
 # ---- the graph ----------------------------------------------------------------------------------------------
@@ -196,16 +196,17 @@ class Score:
     """Accuracy per attribute, and the confusion table behind it: confusion[attribute][wanted][read] counts."""
 
     n: int = 0
-    correct: dict = field(default_factory=lambda: {a: 0 for a in ATTRIBUTES})
     confusion: dict = field(default_factory=lambda: {a: {} for a in ATTRIBUTES})
 
     def add(self, target: Sequence[str], reading) -> None:
         self.n += 1
         for attribute, wanted in zip(ATTRIBUTES, target):
-            read = reading.get(attribute)
-            self.correct[attribute] += int(read == wanted)
             row = self.confusion[attribute].setdefault(wanted, {})
-            row[read or NONE] = row.get(read or NONE, 0) + 1
+            read = reading.get(attribute) or NONE
+            row[read] = row.get(read, 0) + 1
+
+    def correct(self, attribute: str) -> int:
+        return sum(row.get(wanted, 0) for wanted, row in self.confusion[attribute].items())
 
     def per_value(self, attribute: str) -> dict:
         """{wanted value: {"n", "accuracy", "interval"}} in the world's order of values."""
@@ -218,8 +219,8 @@ class Score:
         return out
 
     def summary(self) -> dict:
-        return {"n": self.n, **{a: {"accuracy": self.correct[a] / self.n if self.n else None,
-                                    "interval": wilson(self.correct[a], self.n),
+        return {"n": self.n, **{a: {"accuracy": self.correct(a) / self.n if self.n else None,
+                                    "interval": wilson(self.correct(a), self.n),
                                     "per_value": self.per_value(a), "confusion": self.confusion[a]}
                                 for a in ATTRIBUTES}}
 

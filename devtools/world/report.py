@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from . import scene as world
-from .evaluate import ATTRIBUTES, CHANCE, Case, ModuleUse, Sampling, WorldModels, evaluate, score
+from .evaluate import ATTRIBUTES, CHANCE, VALUES, Case, ModuleUse, Sampling, WorldModels, evaluate, score
 from .files import ADAPTER_FILE, CHECKPOINT, ELLA_FILE, OBJECT_MODULE, STYLE_MODULE, T5_FILE
 
 WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5)
@@ -39,7 +39,7 @@ def _ref_seed(split: str, index: int) -> int:
 def _unevenness(targets) -> tuple[int, int]:
     """(how far some attribute's counts spread beyond one, the sum of squared counts): lower is more even."""
     beyond, squares = 0, 0
-    for a, values in enumerate((world.SHAPES, world.COLOURS, world.BACKGROUNDS)):
+    for a, values in enumerate(VALUES[attribute] for attribute in ATTRIBUTES):
         counts = [0] * len(values)
         for t in targets:
             counts[values.index(t[a])] += 1
@@ -317,7 +317,7 @@ def run(w) -> dict:
     out = REPO_ROOT / s.out if s.out else Path(w.root) / "report"
     load_pack_in_process(w.models)
     models = WorldModels(CHECKPOINT, ELLA_FILE, T5_FILE, OBJECT_MODULE, STYLE_MODULE)
-    if getattr(s, "peer", False):
+    if s.peer:
         models.adapter = str(_register_peer(Path(w.root) / "peer" / ADAPTER_FILE))
     sampling = Sampling(size=s.size, steps=s.sample_steps)
     features_dir = w.models / "emma_features" / "eval"
