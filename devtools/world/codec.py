@@ -145,7 +145,7 @@ def train_decoder(decoder, encoder, pictures: Callable[[int, int], np.ndarray], 
         loss.backward()
         optimizer.step()
         if log is not None and (step + 1) % 50 == 0:
-            log(f"decoder step {step + 1}/{steps} loss {float(loss):.4f} ({time.perf_counter() - t0:.0f} s)")
+            log(f"decoder step {step + 1}/{steps} loss {loss.detach().item():.4f} ({time.perf_counter() - t0:.0f} s)")
         if checkpoint is not None and ((step + 1) % checkpoint_every == 0 or step + 1 == steps):
             checkpoint(step + 1)
 

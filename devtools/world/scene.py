@@ -31,6 +31,7 @@ HUES = (0.0, 60.0, 120.0, 180.0, 240.0, 300.0)
 BACKGROUNDS = ("plain", "stripes", "dots", "checks")
 PERIOD_FRACTION = 0.25            # pattern period / picture side (16 px at 64 px)
 GREY_LOW, GREY_HIGH, GREY_PLAIN, GREY_NEUTRAL = 0.45, 0.85, 0.70, 0.55
+OBJECT_SIDE = (0.42, 0.56)        # the object's width/height, as a fraction of the picture side (drawn uniformly)
 CROSS_ARM = 0.18                  # half-width of the cross's arms, as a fraction of the object's size
 
 # Combinations no training set ever shows (every stage draws around them): 3 per shape, each colour twice,
@@ -104,12 +105,13 @@ def object_rgb(colour: str, g: np.random.Generator) -> np.ndarray:
                     np.float32)
 
 
-def render(scene: Scene, size: int = SIZE) -> np.ndarray:
-    """The scene's picture, [size, size, 3] float32 in [0, 1]."""
+def render(scene: Scene, size: int = SIZE, object_side: tuple[float, float] = OBJECT_SIDE) -> np.ndarray:
+    """The scene's picture, [size, size, 3] float32 in [0, 1]; `object_side` only for measuring other worlds
+    (ceiling.py): every stage draws the world's own."""
     g = rng("scene", scene.seed)
     phase = tuple(int(p) for p in g.integers(0, 2, 2))
     picture = np.repeat(background(scene.background, phase, size)[..., None], 3, axis=-1)
-    side = g.uniform(0.42, 0.56) * size
+    side = g.uniform(*object_side) * size
     margin = side / 2 + 2
     centre = (g.uniform(margin, size - margin), g.uniform(margin, size - margin))
     picture[shape_mask(scene.shape, centre, side, size)] = object_rgb(scene.colour, g)
