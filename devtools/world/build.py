@@ -210,16 +210,10 @@ def stage_checkpoint(w: World) -> None:
 
 
 def load_decoder(w: World):
-    import torch
-    from safetensors.torch import load_file
-
     from . import codec
 
-    decoder = codec.initial_decoder()
     path = w.path("vae_approx", "taesd_decoder.safetensors")
-    if path.is_file():
-        decoder.load_state_dict(load_file(str(path)))
-    return decoder.eval().requires_grad_(False).to(torch.float32)
+    return codec.load_decoder(path if path.is_file() else None)
 
 
 def t5_encoder(w: World):

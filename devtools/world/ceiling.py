@@ -20,7 +20,7 @@ from typing import Optional
 import numpy as np
 
 from . import scene as world
-from .evaluate import Score
+from .evaluate import ATTRIBUTES, Score
 
 
 def ceiling(size: int, object_side: tuple[float, float] = world.OBJECT_SIDE, decoder_file: Optional[Path] = None,
@@ -30,12 +30,7 @@ def ceiling(size: int, object_side: tuple[float, float] = world.OBJECT_SIDE, dec
 
     from . import codec, reader
 
-    decoder = codec.initial_decoder()
-    if decoder_file is not None:
-        from safetensors.torch import load_file
-
-        decoder.load_state_dict(load_file(str(decoder_file)))
-    decoder.eval()
+    decoder = codec.load_decoder(decoder_file)
     scenes = [world.Scene(*world.ALL_COMBINATIONS[i % len(world.ALL_COMBINATIONS)], seed=i) for i in range(n)]
     pictures = torch.from_numpy(np.stack([world.render(s, size, object_side) for s in scenes]))
     with torch.no_grad():
@@ -61,7 +56,7 @@ def main(argv=None) -> int:
     import_comfy(builtin_nodes=False)
     result = ceiling(args.size, tuple(args.object_side), args.decoder, args.n)
     for name, summary in result.items():
-        line = {a: round(summary[a]["accuracy"], 3) for a in ("shape", "colour", "background")}
+        line = {a: round(summary[a]["accuracy"], 3) for a in ATTRIBUTES}
         per_shape = {v: round(x["accuracy"], 2) for v, x in summary["shape"]["per_value"].items()}
         print(f"{name}: {json.dumps(line)} shape per value {json.dumps(per_shape)}")
     return 0

@@ -105,6 +105,16 @@ def initial_decoder(seed: int = 0):
     return decoder
 
 
+def load_decoder(path: Optional[Path] = None):
+    """The decoder for sampling: `path`'s weights (a taesd_decoder.safetensors), or the initial one without it."""
+    decoder = initial_decoder()
+    if path is not None:
+        from safetensors.torch import load_file
+
+        decoder.load_state_dict(load_file(str(path)))
+    return decoder.eval().requires_grad_(False).to(torch.float32)
+
+
 def encode(encoder, pictures: torch.Tensor) -> torch.Tensor:
     """[B, H, W, 3] in [0, 1] -> model-space latents [B, 4, H/8, W/8] (what the UNet sees)."""
     with torch.no_grad():
