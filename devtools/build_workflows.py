@@ -100,7 +100,7 @@ EMU_TUNE_WIDGETS = ["", "", EMU_LORA, "lora", 15000, 0.0, 16, 5, 100, 64, 4, 0.1
 # node's defaults (the frontend adds a "control after generate" widget after the seed).
 FIRST_MODULE = "my-first-object-module"
 EMMA_TRAIN_WIDGETS = ["", "object", FIRST_MODULE, 2000, 4, 1e-4, 512, 0.1, 200, 0, 500, 0, "fixed", True, "fixed 128",
-                      FACE_PACK, 250, 1, "auto", -1, 0.1, 0.1, 0.999, 4, 0.0, True, "auto"]
+                      FACE_PACK, 250, 1, "auto", -1, 0.1, 0.1, 0.0, 4, 0.0, True, "auto"]
 
 # socket types of each output, by node type (what the frontend writes into "outputs")
 OUTPUTS = {

@@ -72,8 +72,8 @@ class TrainModule(io.ComfyNode):
                 io.Float.Input("condition_dropout", default=0.1, min=0.0, max=1.0, step=0.01, optional=True,
                                tooltip="share of steps without the reference (what sampling without the module gives)"),
                 io.Float.Input("ema_decay", default=DEFAULT_EMA, min=0.0, max=0.99999, step=0.0001, optional=True,
-                               tooltip="the saved module is the moving average of the weights (steadier on small "
-                                       "sets); 0 = the last weights"),
+                               tooltip="0 = the last weights (default); e.g. 0.999: the saved module is the moving "
+                                       "average of the weights (it lags a short run: docs/training.md)"),
                 io.Int.Input("reference_views", default=DEFAULT_REFERENCE_VIEWS, min=0, max=16, optional=True,
                              tooltip="object / portrait / style: augmented views (crop, flip, scale) of each "
                                      "reference, one read per step, so the module cannot copy the target picture"),

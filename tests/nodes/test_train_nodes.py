@@ -1,6 +1,8 @@
-"""The EMMA Train Module node in the real host: trains, writes the module where the loader finds it; the module
-records its text length and EMMA Assemble warns when a prompt was encoded under the other one."""
+"""The EMMA Train Module node in the real host: trains, writes the module where the loader finds it (at its
+defaults, the last weights: EMA is off unless set); the module records its text length and EMMA Assemble warns
+when a prompt was encoded under the other one."""
 import logging
+from pathlib import Path
 
 import torch
 
@@ -32,6 +34,13 @@ def test_train_node_writes_a_module_the_loader_reads(comfy_inprocess, standins, 
     assert module.module.config.modality == "face"
     assert module.module.metadata()["training_steps"] == "2"
     assert module.module.metadata()["text_length"] == "flexible"  # what the node was given
+    # EMA left at the node's default: the file holds the last weights, as the run's last checkpoint has them
+    # (docs/training.md: an average trailing a short run cost the world's object module colour 0.80 -> 0.745)
+    run = Path(folder_paths.get_output_directory()) / "emma_training" / "node-trained-face"
+    last = torch.load(sorted(run.glob("checkpoint-*.pt"))[-1], weights_only=True)
+    assert not last["ema"]
+    saved = module.module.state_dict()
+    assert all(torch.allclose(saved[k].float(), v.float(), atol=2e-3) for k, v in last["trainable"].items())
     for key, value in before.items():  # the user's MODEL still computes what it did
         assert torch.equal(model.model.state_dict()[key], value), key
 
