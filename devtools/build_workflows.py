@@ -15,6 +15,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from emma_core.train.job import DEFAULT_EMA, DEFAULT_REFERENCE_VIEWS
+
 WORKFLOWS_DIR = Path(__file__).resolve().parents[1] / "workflows"
 REPO_URL = "https://github.com/emma-comfy/ComfyUI-EMMA"
 DOCS_URL = REPO_URL + "/blob/main/docs/"
@@ -100,7 +102,7 @@ EMU_TUNE_WIDGETS = ["", "", EMU_LORA, "lora", 15000, 0.0, 16, 5, 100, 64, 4, 0.1
 # node's defaults (the frontend adds a "control after generate" widget after the seed).
 FIRST_MODULE = "my-first-object-module"
 EMMA_TRAIN_WIDGETS = ["", "object", FIRST_MODULE, 2000, 4, 1e-4, 512, 0.1, 200, 0, 500, 0, "fixed", True, "fixed 128",
-                      FACE_PACK, 250, 1, "auto", -1, 0.1, 0.1, 0.0, 4, 0.0, True, "auto"]
+                      FACE_PACK, 250, 1, "auto", -1, 0.1, 0.1, DEFAULT_EMA, DEFAULT_REFERENCE_VIEWS, 0.0, True, "auto"]
 
 # socket types of each output, by node type (what the frontend writes into "outputs")
 OUTPUTS = {

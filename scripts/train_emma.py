@@ -81,7 +81,8 @@ def parse_args(argv=None):
     p.add_argument("--text-dropout", type=float, default=0.1)
     p.add_argument("--noise-offset", type=float, default=0.0)
     p.add_argument("--ema-decay", type=float, default=DEFAULT_EMA,
-                   help="e.g. 0.999: the module file holds the moving average of the weights; 0 (default) = the last weights")
+                   help="e.g. 0.999: the module file holds the moving average of the weights; "
+                        "0 (default) = the last weights")
     p.add_argument("--reference-views", type=int, default=DEFAULT_REFERENCE_VIEWS,
                    help="augmented views per object / portrait / style reference (crop, flip, scale); 0 = none")
     p.add_argument("--min-snr-gamma", type=float, default=0.0, help="min-SNR-gamma loss weighting (e.g. 5); 0 = off")
