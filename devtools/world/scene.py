@@ -5,7 +5,8 @@ Attributes (docs/world.md):
 - colour: six hues 60 degrees apart, saturated (the ground is grey, so colour alone says where the object is);
 - background: plain, stripes (vertical), dots, checks: grey patterns with a 16 px period whose phase moves in
   steps of 8 px, the cell size of the world's VAE;
-- jitter: object size 42-56 % of the picture, any position that keeps it inside, hue +-6 degrees,
+- jitter: object size 42-56 % of the picture, its centre within +-1/16 of the side (+-4 px at 64 px) of the
+  picture's centre, hue +-6 degrees,
   saturation and value +-0.05.
 
 References, for EMMA's condition modules:
@@ -32,6 +33,10 @@ BACKGROUNDS = ("plain", "stripes", "dots", "checks")
 PERIOD_FRACTION = 0.25            # pattern period / picture side (16 px at 64 px)
 GREY_LOW, GREY_HIGH, GREY_PLAIN, GREY_NEUTRAL = 0.45, 0.85, 0.70, 0.55
 OBJECT_SIDE = (0.42, 0.56)        # the object's width/height, as a fraction of the picture side (drawn uniformly)
+# How far the object's centre strays from the picture's, as a fraction of the side. Centred objects, because with the
+# object anywhere the small base must choose place and outline together at high noise and averages them into a
+# blob (shape 0.35 at 1 000 base steps against 0.63 centred, docs/world.md "Five more levers").
+PLACEMENT_JITTER = 1 / 16
 CROSS_ARM = 0.18                  # half-width of the cross's arms, as a fraction of the object's size
 
 # Combinations no training set ever shows (every stage draws around them): 3 per shape, each colour twice,
@@ -113,7 +118,10 @@ def render(scene: Scene, size: int = SIZE, object_side: tuple[float, float] = OB
     picture = np.repeat(background(scene.background, phase, size)[..., None], 3, axis=-1)
     side = g.uniform(*object_side) * size
     margin = side / 2 + 2
-    centre = (g.uniform(margin, size - margin), g.uniform(margin, size - margin))
+    # The draw that once placed the object anywhere inside, shrunk towards the middle: the same random numbers,
+    # so every other attribute of a seed's picture (and its references and captions) stays as it was.
+    shrink = PLACEMENT_JITTER * size / (size / 2 - margin)
+    centre = tuple(size / 2 + (g.uniform(margin, size - margin) - size / 2) * shrink for _ in range(2))
     picture[shape_mask(scene.shape, centre, side, size)] = object_rgb(scene.colour, g)
     return picture
 
