@@ -271,7 +271,7 @@ def test_parameter_counts_at_the_full_schedule(comfy_stock):
     print(counts)
     # two-level UNet: attn2 in input block 2, the middle, output blocks 2 and 3, each 768 -> 320 for k and v
     assert counts["adapter_layers"] == 4 and counts["adapter_kv"] == 4 * 2 * 768 * 320
-    assert counts["adapter_tokens"] == 66
+    assert counts["adapter_tokens"] == (s.size // 8) ** 2 + 2  # a token per 8 px cell, the whole picture, embeds
     assert counts["adapter_projection"] == 2 * (6 * 768 + 768) + 2 * 768
     assert counts["adapter"] == counts["adapter_kv"] + counts["adapter_projection"]
     assert counts["emma_object_module"] > 0

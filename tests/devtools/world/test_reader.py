@@ -5,6 +5,7 @@ import pytest
 from scipy import ndimage
 
 from devtools.world import scene as world
+from devtools.world.build import SCHEDULES
 from devtools.world.reader import read
 
 ATTRIBUTES = ("shape", "colour", "background")
@@ -18,12 +19,13 @@ def accuracy(pictures, scenes):
     return correct / len(scenes)
 
 
+@pytest.mark.parametrize("size", [world.SIZE, SCHEDULES["full"].size])
 @pytest.mark.parametrize("blur, noise", [(0.0, 0.0), (1.0, 0.04), (1.5, 0.05)])
-def test_reads_held_out_pictures_at_098_or_better(blur, noise):
+def test_reads_held_out_pictures_at_098_or_better(blur, noise, size):
     scenes = list(world.scenes("reader-test", 400, world.ALL_COMBINATIONS))
     pictures = []
     for s in scenes:
-        p = world.render(s)
+        p = world.render(s, size)
         if blur:
             p = ndimage.gaussian_filter(p, (blur, blur, 0))
         if noise:
