@@ -642,8 +642,11 @@ def emma_world_assembled() -> dict:
         reference_nodes += [loaded, features, condition]
     assembled = w.add("EMMAAssemble", [False], {"positive": (positive, 0), "negative": (negative, 0),
                                                "conditions": conditions}, pos=(PROMPT_X, 380), size=(300, 100))
-    latent = w.add("EmptyLatentImage", [64, 64, 1], pos=(SAMPLE_X, 0), size=(320, 110))
+    from .world.build import SCHEDULES
     from .world.evaluate import Sampling  # the evaluation's settings: this graph is its assembled row
+
+    size = SCHEDULES["full"].size  # the full world's pictures (the reduced world's demo sets its own)
+    latent = w.add("EmptyLatentImage", [size, size, 1], pos=(SAMPLE_X, 0), size=(320, 110))
 
     sampling = Sampling()
     sampled = w.add("KSampler", [WORLD_SEED, "fixed", sampling.steps, sampling.cfg, sampling.sampler,
@@ -660,7 +663,7 @@ def emma_world_assembled() -> dict:
         "Features), not pictures.",
         [WORLD_CHECKPOINT, WORLD_ELLA, WORLD_T5, WORLD_OBJECT, WORLD_STYLE, WORLD_OBJECT_REFERENCE,
          WORLD_STYLE_REFERENCE], CONDITION_HELP,
-        f"CFG {sampling.cfg:g}, {sampling.steps} steps and 64 px are the world evaluation's own settings."))
+        f"CFG {sampling.cfg:g}, {sampling.steps} steps and {size} px are the world evaluation's own settings."))
     w.group("Models", [ckpt, ella, t5])
     w.group("Prompt", [positive, negative, assembled])
     w.group("References", reference_nodes)

@@ -31,12 +31,12 @@ def _set_widget(graph: dict, class_type: str, key: str, old, new) -> None:
 
 def rows_through_the_server(models_yaml: Path, feature_names: list, size: int, comfy_dir=None) -> list:
     """The result picture of each demo row, made by the shipped workflow on a ComfyUI server that knows the
-    world's models only through `models_yaml`, at the world's picture size (the shipped workflow's 64 px is the
-    full world's; the reduced world is trained on 32 px pictures)."""
+    world's models only through `models_yaml`, at the world's picture size (the shipped workflow's is the full
+    world's, 96 px; the reduced world is trained on 32 px pictures)."""
     from PIL import Image
 
     from devtools.build_workflows import WORLD_OBJECT_REFERENCE, WORLD_PROMPT, WORLD_STYLE_REFERENCE
-    from devtools.world.scene import SIZE as WORLD_SIZE
+    from devtools.world.build import SCHEDULES
     from devtools.host import ComfyServer
     from devtools.workflow_api import load_ui_workflow, ui_to_api
 
@@ -50,8 +50,8 @@ def rows_through_the_server(models_yaml: Path, feature_names: list, size: int, c
             _set_widget(graph, "EMMATextEncode", "text", WORLD_PROMPT, caption)
             _set_widget(graph, "EMMALoadFeatures", "features_name", WORLD_OBJECT_REFERENCE, object_name)
             _set_widget(graph, "EMMALoadFeatures", "features_name", WORLD_STYLE_REFERENCE, style_name)
-            _set_widget(graph, "EmptyLatentImage", "width", WORLD_SIZE, size)
-            _set_widget(graph, "EmptyLatentImage", "height", WORLD_SIZE, size)
+            _set_widget(graph, "EmptyLatentImage", "width", SCHEDULES["full"].size, size)
+            _set_widget(graph, "EmptyLatentImage", "height", SCHEDULES["full"].size, size)
             images = server.output_images(server.run(graph, timeout=600))
             if len(images) != 1:
                 raise RuntimeError(f"{WORKFLOW.name} saved {len(images)} pictures for {caption!r}")
