@@ -86,8 +86,10 @@ class Schedule:
 SCHEDULES = {
     # 96 px (12 x 12 latents): at 64 px the trained decoder itself read shapes at only 0.844 (centred objects),
     # under the 0.90 bar; at 96 px 0.958. The base at 96 px and 1 000 steps drew shapes at 0.68, still rising.
+    # Modules: at 96 px (145 reference tokens) 400 steps at lr 3e-4 took the reference's colour at 0.36 (0.97 at
+    # 64 px); lr 1e-3 at 400 steps 0.72, yellow and cyan lagging, so 1 000 steps. The peer trains the same way.
     "full": Schedule("full", decoder_steps=800, base_pictures=8000, base_steps=1500, module_pictures=3000,
-                     module_steps=400, module_lr=3e-4, n_unseen=100, n_sweep=40, n_range=60, size=96),
+                     module_steps=1000, module_lr=1e-3, n_unseen=100, n_sweep=40, n_range=60, size=96),
     "ci": Schedule("ci", decoder_steps=0, base_pictures=1200, base_steps=100, module_pictures=400,
                    module_steps=150, module_lr=1e-3,
                    rows=("text only, full caption", "text naming only the shape", "+ object module"),
