@@ -6,7 +6,7 @@
 #   scripts/demo.sh --workflow workflows/<name>.json [--steps N]
 #                               runs one shipped workflow headless on real weights where your ComfyUI has them,
 #                               generated stand-ins (random weights: noise) where not -> out/*.png
-#   scripts/demo.sh --world     builds the full world (2 h 7 min on 2 cores on 2026-12-06, resumable) and copies its
+#   scripts/demo.sh --world     builds the full world (2 h 41 min on 2 cores on 2026-12-07, resumable) and copies its
 #                               picture to out/world-picture.png
 set -euo pipefail
 cd "$(dirname "$0")/.."
