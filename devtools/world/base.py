@@ -7,13 +7,14 @@ flan-T5, with the pack's training loop (emma_core.train.loop).
   in the middle: 36.7 M parameters, 1.85 GFLOP per 8x8 latent. "one-level" (the CI schedule): one level, one
   residual block, a transformer in each block, none in the middle: 21.0 M parameters. At 32 px (a 4 x 4 latent) a
   training step is bound by the parameter-sized work (weight gradients, AdamW), not by the pixels, so the
-  parameter count sets the CI budget.
+  parameter count sets the CI budget. "two-level-attn" (the shape-48 schedule): the two-level one
+  with cross-attention at the full latent resolution too, 39.2 M parameters.
 - ELLA: the released layout (time embedding, latents, AdaLN resampler blocks, no output projection) at width
   768 (the UNet's cross-attention width); 2 blocks and 16 latents in the full schedule, 1 and 8 in CI. T5
   features 2048-d from the stand-in encoder. The file carries its configuration (ELLA format v2).
 - Objective: SD1.5's epsilon prediction on its DDPM schedule, min-SNR-5 loss weighting (it converges several
   times faster than the plain mean; the optimum is the same), 10 % text dropout (the empty prompt: ELLA's
-  negative), AdamW.
+  negative), AdamW. Timesteps uniform, or drawn towards high noise (`timestep_power`, the shape-48 schedule).
 - Batches hold captions of one T5 length: the connector has no attention mask, so texts are never padded, and
   one length per batch means one connector call (pictures are grouped into such batches once per build).
 """
@@ -37,6 +38,11 @@ UNETS = {
     "one-level": dict(_SD15, num_res_blocks=[1], channel_mult=[1], transformer_depth=[1],
                       transformer_depth_output=[1, 1], transformer_depth_middle=-1),
 }
+# The two-level UNet with a transformer in the first output block of the full latent resolution too (ComfyUI
+# pops transformer_depth_output from the end): cross-attention where the outline is drawn; 39.2 M parameters.
+# At 48 px the plain two-level learned outlines but not colour, the one-level colour but not outlines; this one
+# both (docs/world.md, "Toward a CI world that reads shape").
+UNETS["two-level-attn"] = dict(UNETS["two-level"], transformer_depth_output=[0, 1, 1, 1])
 MIN_SNR_GAMMA = 5.0
 
 
@@ -93,12 +99,14 @@ class BatchDataset:
 class BaseTask(nn.Module):
     """forward(batch, generator) -> loss for the loop; `trainable` is the UNet and the connector."""
 
-    def __init__(self, unet: nn.Module, ella: ELLA, empty_text: torch.Tensor, text_dropout: float = 0.1):
+    def __init__(self, unet: nn.Module, ella: ELLA, empty_text: torch.Tensor, text_dropout: float = 0.1,
+                 timestep_power: float = 1.0):
         super().__init__()
         self.trainable = nn.ModuleDict({"unet": unet, "ella": ella})
         self.schedule = DDPMSchedule()
         self.empty_text = empty_text
         self.text_dropout = text_dropout
+        self.timestep_power = timestep_power
         alphas = self.schedule.alphas_cumprod
         snr = alphas / (1 - alphas)
         self.register_buffer("weights", torch.clamp(snr, max=MIN_SNR_GAMMA) / snr, persistent=False)
@@ -132,9 +140,17 @@ class BaseTask(nn.Module):
     def forward(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
         b = batch["latents"].shape[0]
         noise = torch.randn(batch["latents"].shape, generator=generator)
-        timesteps = torch.randint(0, self.schedule.steps, (b,), generator=generator)
+        timesteps = self.draw_timesteps(b, generator)
         keep = torch.rand(b, generator=generator) >= self.text_dropout
         return self.losses(batch, noise, timesteps, keep).mean()
+
+    def draw_timesteps(self, count: int, generator: torch.Generator) -> torch.Tensor:
+        """Uniform timesteps, or with `timestep_power` p < 1 t = floor(T u^p): more of the high-noise steps, where
+        the picture's layout (the outline) is chosen; p = 1 keeps the uniform draw exactly (the full schedule)."""
+        if self.timestep_power == 1.0:
+            return torch.randint(0, self.schedule.steps, (count,), generator=generator)
+        u = torch.rand(count, generator=generator)
+        return (u ** self.timestep_power * self.schedule.steps).long().clamp(0, self.schedule.steps - 1)
 
     @torch.no_grad()
     def validation_losses(self, batch: dict) -> torch.Tensor:

@@ -18,6 +18,9 @@ Stages (each skipped when its output exists; the training stages resume from the
            -> <root>/peer/ (the full schedule only)
   eval     sampling through ComfyUI, reading, the report -> <out>/ (docs/world for the full schedule)
 
+Schedules: "full" (docs/world), "ci" (the reduced world CI and scripts/demo.sh run, minutes) and "shape-48" (CI's
+schedule at 48 px, whose base draws the shape its text names; about 9.6 minutes; not run by CI).
+
 Everything lives under .cache/world/<schedule>/ (git-ignored): models/ (a ComfyUI models folder), runs/,
 data/, eval/. Weights are never committed; the report, the grids and the plots are.
 """
@@ -75,6 +78,11 @@ class Schedule:
     ella_layers: int = 2
     ella_latents: int = 16
     peer: bool = True              # the IP-Adapter peer: its stage, its rows and the trade-off sweep
+    object_side: tuple = world.OBJECT_SIDE  # the object's size range in every picture the stages train on
+    base_precision: str = "auto"   # the loop's precision (auto: fp32 on CPU); bf16 halves a CPU step on AMX
+    base_timestep_power: float = 1.0  # base.BaseTask.timestep_power: 1 uniform, < 1 more high-noise steps
+    base_warmup: int = 100         # at most a third of the base steps
+    module_precision: str = "auto"  # the module trainer's precision (the node's default: auto)
 
     def module_size(self, kind: str) -> tuple[int, int]:
         """(pictures, steps) of the `kind` module's training: the style overrides where set."""
@@ -97,6 +105,18 @@ SCHEDULES = {
                    out="", size=32, style_steps=5, style_pictures=16, unet="one-level", ella_layers=1,
                    ella_latents=8, sample_steps=10, peer=False),
 }
+
+# CI's schedule at 48 px, the smallest world found whose base draws the shape its text names (docs/world.md,
+# "Toward a CI world that reads shape"): objects of 0.80 to 0.90 of the side (the codec's ceiling 0.922 with the
+# untrained decoder; at 0.62 to 0.78 the base read 0.62 to 0.67), the two-level UNet with full-resolution
+# cross-attention, 450 base steps with timesteps drawn towards high noise, batch 64 and bf16 for the base and the
+# object module (at batch 16 the module took the reference's colour 0.15). Text only: shape 0.82, colour 1.00;
+# + object module: colour 0.92 (0.73 / 1.00 / 0.98 with the base's loop seed 1). About 9.6 minutes on 2 cores
+# against CI's 6, so CI does not run it.
+SCHEDULES["shape-48"] = replace(SCHEDULES["ci"], name="shape-48", size=48, unet="two-level-attn", base_pictures=4000,
+                                base_steps=450, base_lr=1e-3, object_side=(0.80, 0.90), batch=64,
+                                base_precision="bf16", module_precision="bf16", base_timestep_power=0.5,
+                                base_warmup=30)
 
 
 @dataclass
@@ -153,7 +173,8 @@ def stage_codec(w: World) -> None:
         log.info("codec: resuming the decoder at step %d", start)
 
     def pictures(step, batch):
-        return np.stack([world.render(s, w.schedule.size) for s in world.scenes(f"decoder/{step}", batch, world.SEEN)])
+        return np.stack([world.render(s, w.schedule.size, w.schedule.object_side)
+                         for s in world.scenes(f"decoder/{step}", batch, world.SEEN)])
 
     def checkpoint(step):
         write_atomic(state_file, lambda handle: torch.save(
@@ -179,10 +200,10 @@ def stage_base(w: World) -> None:
         return
     data, s = base_data(w), w.schedule
     unet, ella = base.build_unet(s.unet), base.build_ella(base.ella_config(s.ella_layers, s.ella_latents))
-    task = base.BaseTask(unet, ella, data.empty_text)
+    task = base.BaseTask(unet, ella, data.empty_text, timestep_power=s.base_timestep_power)
     config = TrainConfig(steps=s.base_steps, batch_size=1, lr=s.base_lr, weight_decay=0.01,
-                         warmup_iters=min(100, s.base_steps // 3), decay_to=0.1, checkpoint_every=100, log_every=25,
-                         seed=0, val_every=0)
+                         warmup_iters=min(s.base_warmup, s.base_steps // 3), decay_to=0.1, checkpoint_every=100,
+                         log_every=25, seed=0, val_every=0, precision=s.base_precision)
 
     def on_step(step, total, record):
         if step % 25 == 0:
@@ -245,7 +266,8 @@ def base_data(w: World):
         encoder = codec.fixed_encoder()
         latents = []
         for start in range(0, len(scenes), 256):
-            pictures = torch.from_numpy(np.stack([world.render(s, w.schedule.size) for s in scenes[start:start + 256]]))
+            pictures = torch.from_numpy(np.stack([world.render(s, w.schedule.size, w.schedule.object_side)
+                                                  for s in scenes[start:start + 256]]))
             latents.append(codec.encode(encoder, pictures))
         t5 = t5_encoder(w)
         captions = [world.pretraining_caption(s) for s in scenes]
@@ -278,7 +300,7 @@ def stage_module(w: World, kind: str) -> None:
         shutil.rmtree(w.runs / kind, ignore_errors=True)  # its checkpoints would resume the old run
     s = w.schedule
     pictures, steps = s.module_size(kind)
-    folder = modules.write_dataset(w.data / f"{kind}-dataset", kind, pictures, s.size)
+    folder = modules.write_dataset(w.data / f"{kind}-dataset", kind, pictures, s.size, s.object_side)
     train_module(w, kind, folder, target, steps)
 
 
@@ -299,7 +321,8 @@ def _module_job(w: World, kind: str, dataset: Path, target: Path, steps: int):
     models = load_trainer_models(checkpoint, ella, t5, comfy_dir=comfy_dir, device=cpu)
     config = TrainConfig(steps=steps, batch_size=s.batch, lr=s.module_lr,
                          warmup_iters=min(s.module_warmup, steps // 3), decay_to=0.1, val_every=s.validate_every,
-                         checkpoint_every=100, log_every=25, preview_every=s.preview_every, ema_decay=DEFAULT_EMA)
+                         checkpoint_every=100, log_every=25, preview_every=s.preview_every, ema_decay=DEFAULT_EMA,
+                         precision=s.module_precision)
     job = TrainingJob(modality=kind, dataset=dataset, out_path=target, run_dir=w.runs / kind,
                       cache_root=w.data / f"{kind}-cache", config=config, vae=models.vae,
                       base_model=models.base_model, load_base=models.load_base, ella=models.ella, t5=models.t5,

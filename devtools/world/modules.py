@@ -20,7 +20,7 @@ from . import features as world_features
 from . import scene as world
 
 
-def item(kind: str, scene: world.Scene, size: int = world.SIZE):
+def item(kind: str, scene: world.Scene, size: int = world.SIZE, object_side: tuple = world.OBJECT_SIDE):
     """(picture, caption, reference picture) of one training item."""
     g = world.rng(f"{kind} item", scene.seed)
     if kind == "object":
@@ -33,19 +33,22 @@ def item(kind: str, scene: world.Scene, size: int = world.SIZE):
         reference = world.background_patch(scene.background, int(g.integers(2**48)), size)
     else:
         raise ValueError(f"unknown module kind {kind!r}")
-    return world.render(scene, size), caption, reference
+    return world.render(scene, size, object_side), caption, reference
 
 
-def write_dataset(folder: Path, kind: str, count: int, size: int = world.SIZE) -> Path:
+def write_dataset(folder: Path, kind: str, count: int, size: int = world.SIZE,
+                  object_side: tuple = world.OBJECT_SIDE) -> Path:
     """Write (or reuse) the folder: NNNNN.png, NNNNN.txt, NNNNN_ref.safetensors."""
     folder = Path(folder)
     stamp = folder / "dataset.json"
     want = {"kind": kind, "count": count, "size": size, "version": 1, "encoder": world_features.ENCODERS[kind][1]}
+    if tuple(object_side) != world.OBJECT_SIDE:  # the stamps of datasets written before the field stay valid
+        want["object_side"] = list(object_side)
     if stamp.is_file() and json.loads(stamp.read_text()) == want:
         return folder
     folder.mkdir(parents=True, exist_ok=True)
     for index, scene in enumerate(world.scenes(f"{kind}-train", count, world.SEEN)):
-        picture, caption, reference = item(kind, scene, size)
+        picture, caption, reference = item(kind, scene, size, object_side)
         stem = folder / f"{index:05d}"
         Image.fromarray(world.to_uint8(picture)).save(stem.with_suffix(".png"))
         stem.with_suffix(".txt").write_text(caption)

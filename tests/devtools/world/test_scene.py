@@ -59,3 +59,13 @@ def test_module_captions_leave_their_attribute_to_the_reference():
         assert np.isclose(object_ref[0, 0], world.GREY_NEUTRAL).all()
     full = world.caption(world.Scene("triangle", "green", "dots", 1), "full", variant=0)
     assert full == "a green triangle on a dotted background"
+
+
+def test_a_schedule_s_object_size_reaches_the_module_pictures():
+    """shape-48 trains on larger objects (0.80 to 0.90 of the side): the module datasets draw them at that size."""
+    s = world.Scene("square", "red", "plain", 11)
+    small, _, _ = modules.item("object", s, 48)
+    large, caption, _ = modules.item("object", s, 48, (0.80, 0.90))
+    area = [((p.max(-1) - p.min(-1)) > 0.25).mean() for p in (small, large)]
+    assert area[0] < 0.56 ** 2 + 0.02 and area[1] > 0.80 ** 2 - 0.05
+    assert caption == modules.item("object", s, 48)[1]  # only the picture changes
