@@ -140,6 +140,10 @@ class World:
     def path(self, folder: str, name: str) -> Path:
         return self.models / folder / name
 
+    def render(self, scene: world.Scene) -> np.ndarray:
+        """A training picture of this schedule: its size and its objects' size range."""
+        return world.render(scene, self.schedule.size, self.schedule.object_side)
+
 
 # ---- stages ------------------------------------------------------------------------------------------------
 def stage_t5(w: World) -> None:
@@ -173,8 +177,7 @@ def stage_codec(w: World) -> None:
         log.info("codec: resuming the decoder at step %d", start)
 
     def pictures(step, batch):
-        return np.stack([world.render(s, w.schedule.size, w.schedule.object_side)
-                         for s in world.scenes(f"decoder/{step}", batch, world.SEEN)])
+        return np.stack([w.render(s) for s in world.scenes(f"decoder/{step}", batch, world.SEEN)])
 
     def checkpoint(step):
         write_atomic(state_file, lambda handle: torch.save(
@@ -266,8 +269,7 @@ def base_data(w: World):
         encoder = codec.fixed_encoder()
         latents = []
         for start in range(0, len(scenes), 256):
-            pictures = torch.from_numpy(np.stack([world.render(s, w.schedule.size, w.schedule.object_side)
-                                                  for s in scenes[start:start + 256]]))
+            pictures = torch.from_numpy(np.stack([w.render(s) for s in scenes[start:start + 256]]))
             latents.append(codec.encode(encoder, pictures))
         t5 = t5_encoder(w)
         captions = [world.pretraining_caption(s) for s in scenes]
