@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job from nothing: environment, ComfyUI host, then a picture.
-#   scripts/demo.sh             builds (or reuses) the reduced world of docs/world.md, runs the shipped world
+#   scripts/demo.sh             builds (or reuses) the 32 px demo world (ci) of docs/world.md, runs the shipped world
 #                               workflow on a real ComfyUI server per demo prompt -> out/world-picture.png
 #                               (caption + object reference + background patch -> result; minutes on 2 cores)
 #   scripts/demo.sh --workflow workflows/<name>.json [--steps N]

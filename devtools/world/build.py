@@ -108,7 +108,7 @@ SCHEDULES = {
                    ella_latents=8, sample_steps=10, peer=False),
 }
 
-# CI's schedule at 48 px, the smallest world found whose base draws the shape its text names (docs/world.md,
+# The `ci` schedule at 48 px (CI's since 2026-12-07), the smallest world found whose base draws the shape its text names (docs/world.md,
 # "Toward a CI world that reads shape"): objects of 0.80 to 0.90 of the side (the codec's ceiling 0.922 with the
 # untrained decoder; at 0.62 to 0.78 the base read 0.62 to 0.67), the two-level UNet with full-resolution
 # cross-attention, 450 base steps with timesteps drawn towards high noise, batch 64 and bf16 for the base and the

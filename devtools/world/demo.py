@@ -1,11 +1,11 @@
-"""The first run: the reduced world built (or reused), then the shipped world workflow on the real ComfyUI
+"""The first run: the 32 px demo world (`ci`) built (or reused), then the shipped world workflow on the real ComfyUI
 server, once per demo prompt -> out/world-picture.png (caption + object reference + background patch -> result).
 
     python -m devtools.world demo [--out out/] [--schedule ci] [--root DIR]
 
 The server finds the world's models only through the build's extra_model_paths.yaml, as a user's own ComfyUI
 would (docs/world.md, "Open it in your ComfyUI"); the workflow runs as shipped, with only its prompt, its two
-features files and (for the reduced world) its picture size changed.
+features files and (for a reduced world) its picture size changed.
 """
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ def _set_widget(graph: dict, class_type: str, key: str, old, new) -> None:
 def rows_through_the_server(models_yaml: Path, feature_names: list, size: int, comfy_dir=None) -> list:
     """The result picture of each demo row, made by the shipped workflow on a ComfyUI server that knows the
     world's models only through `models_yaml`, at the world's picture size (the shipped workflow's is the full
-    world's, 96 px; the reduced world is trained on 32 px pictures)."""
+    world's, 96 px; the reduced worlds train at 32 px, `ci`, or 48 px, `shape-48`)."""
     from PIL import Image
 
     from devtools.build_workflows import WORLD_OBJECT_REFERENCE, WORLD_PROMPT, WORLD_STYLE_REFERENCE
@@ -77,7 +77,7 @@ def run(out: Path, schedule: str = "ci", root: Path | None = None) -> Path:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m devtools.world demo", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "out")
-    parser.add_argument("--schedule", default="ci", help="the world to build or reuse (default: the reduced one)")
+    parser.add_argument("--schedule", default="ci", help="the world to build or reuse (default: the 32 px demo world)")
     parser.add_argument("--root", type=Path, help="the world's folder (default .cache/world/<schedule>)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
