@@ -3,11 +3,11 @@ connector in the released layout, trained together on captioned world pictures o
 flan-T5, with the pack's training loop (emma_core.train.loop).
 
 - UNet: ComfyUI's own UNetModel with model_channels 320 and context 768 (what ComfyUI's model detection calls
-  SD1.5). "two-level" (the full schedule): one residual block per level, a transformer on the lower level and
-  in the middle: 36.7 M parameters, 1.85 GFLOP per 8x8 latent. "one-level" (the 32 px `ci` schedule, the demo's): one level, one
-  residual block, a transformer in each block, none in the middle: 21.0 M parameters. At 32 px (a 4 x 4 latent) a
-  training step is bound by the parameter-sized work (weight gradients, AdamW), not by the pixels, so the
-  parameter count sets that world's budget. "two-level-attn" (the shape-48 schedule, CI's): the two-level one
+  SD1.5). "two-level" (the full schedule): one residual block per level, a transformer on the lower level and in
+  the middle: 36.7 M parameters, 1.85 GFLOP per 8x8 latent. "one-level" (the 32 px `ci` schedule, the demo's): one
+  level, one residual block, a transformer in each block, none in the middle: 21.0 M parameters. At 32 px (a 4 x 4
+  latent) a training step is bound by the parameter-sized work (weight gradients, AdamW), not by the pixels, so
+  the parameter count sets that world's budget. "two-level-attn" (the shape-48 schedule, CI's): the two-level one
   with cross-attention at the full latent resolution too, 39.2 M parameters.
 - ELLA: the released layout (time embedding, latents, AdaLN resampler blocks, no output projection) at width
   768 (the UNet's cross-attention width); 2 blocks and 16 latents in the full schedule, 1 and 8 in CI. T5

@@ -108,13 +108,13 @@ SCHEDULES = {
                    ella_latents=8, sample_steps=10, peer=False),
 }
 
-# The `ci` schedule at 48 px (CI's since 2026-12-07), the smallest world found whose base draws the shape its text names (docs/world.md,
-# "Toward a CI world that reads shape"): objects of 0.80 to 0.90 of the side (the codec's ceiling 0.922 with the
-# untrained decoder; at 0.62 to 0.78 the base read 0.62 to 0.67), the two-level UNet with full-resolution
-# cross-attention, 450 base steps with timesteps drawn towards high noise, batch 64 and bf16 for the base and the
-# object module (at batch 16 the module took the reference's colour 0.15). Text only: shape 0.82, colour 1.00;
-# + object module: colour 0.92 (0.73 / 1.00 / 0.98 with the base's loop seed 1). About 9.6 minutes on 2 cores,
-# over the 6 the issue allowed; CI builds it (tests/devtools/world/test_world_ci.py).
+# The `ci` schedule at 48 px (CI's since 2026-12-07), the smallest world found whose base draws the shape its text
+# names (docs/world.md, "Toward a CI world that reads shape"): objects of 0.80 to 0.90 of the side (the codec's
+# ceiling 0.922 with the untrained decoder; at 0.62 to 0.78 the base read 0.62 to 0.67), the two-level UNet with
+# full-resolution cross-attention, 450 base steps with timesteps drawn towards high noise, batch 64 and bf16 for
+# the base and the object module (at batch 16 the module took the reference's colour 0.15). Text only: shape 0.82,
+# colour 1.00; + object module: colour 0.92 (0.73 / 1.00 / 0.98 with the base's loop seed 1). About 9.6 minutes on
+# 2 cores, over the 6 the issue allowed; CI builds it (tests/devtools/world/test_world_ci.py).
 SCHEDULES["shape-48"] = replace(SCHEDULES["ci"], name="shape-48", size=48, unet="two-level-attn", base_pictures=4000,
                                 base_steps=450, base_lr=1e-3, object_side=(0.80, 0.90), batch=64,
                                 base_precision="bf16", module_precision="bf16", base_timestep_power=0.5,

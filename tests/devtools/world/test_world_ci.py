@@ -32,8 +32,8 @@ def world(tmp_path_factory, comfy_dir):
         tmp_path_factory.mktemp("world-ci")
     env = dict(os.environ, PYTHONPATH=str(REPO), EMMA_COMFYUI_DIR=str(comfy_dir))
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "devtools.world", "build", "--schedule", SCHEDULE, "--root", str(root)],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
+    proc = subprocess.run([sys.executable, "-m", "devtools.world", "build", "--schedule", SCHEDULE,
+                           "--root", str(root)], cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
     seconds = time.perf_counter() - t0
     log = REPO / ".cache" / "logs" / "world-ci.log"
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -47,6 +47,12 @@ def world(tmp_path_factory, comfy_dir):
         shutil.rmtree(root, ignore_errors=True)  # GBs of models and pictures; the build log stays in .cache/logs
 
 
+def assert_asked_equally_often(row: dict, attribute: str, values: int) -> None:
+    """Every one of the attribute's `values` values was a target, each as often as the others (within one)."""
+    counts = [v["n"] for v in row[attribute]["per_value"].values()]
+    assert len(counts) == values and max(counts) - min(counts) <= 1, row[attribute]["per_value"]
+
+
 def test_colour_follows_the_object_reference_far_above_chance(world):
     _, report = world
     without = report["rows"]["text naming only the shape"]["all"]
@@ -57,8 +63,7 @@ def test_colour_follows_the_object_reference_far_above_chance(world):
     # EMMA's balance: the reference adds the colour while the caption keeps its shape (0.85 as committed)
     assert with_module["shape"]["accuracy"] >= 0.6, report["rows"]
     # stratified: every colour asked for equally often, so no colour can carry the total alone
-    counts = [v["n"] for v in with_module["colour"]["per_value"].values()]
-    assert len(counts) == 6 and max(counts) - min(counts) <= 1
+    assert_asked_equally_often(with_module, "colour", 6)
 
 
 def test_the_text_draws_what_it_names(world):
@@ -69,8 +74,7 @@ def test_the_text_draws_what_it_names(world):
     text_only = report["rows"]["text only, full caption"]["all"]
     assert text_only["n"] >= 60
     # stratified: every shape asked for equally often, so a base that draws one shape everywhere reads 0.25
-    counts = [v["n"] for v in text_only["shape"]["per_value"].values()]
-    assert len(counts) == 4 and max(counts) - min(counts) <= 1
+    assert_asked_equally_often(text_only, "shape", 4)
     assert text_only["shape"]["accuracy"] >= 0.6, report["rows"]
     assert text_only["colour"]["accuracy"] >= 0.5, report["rows"]
 
